@@ -1,0 +1,115 @@
+"""Gaussian mixtures: data whose score and log-density are known in closed form at every time.
+
+Under a linear SDE (`sde_lib`), x_t = alpha(t) x_0 + sigma(t) z, so a mixture
+
+    p_0(x) = sum_k w_k N(x; mu_k, S_k)
+
+stays a mixture at every t:
+
+    p_t(x) = sum_k w_k N(x; alpha(t) mu_k, alpha(t)^2 S_k + sigma(t)^2 I),
+
+with score  grad log p_t(x) = sum_k r_k(x) C_k^{-1} (alpha mu_k - x),  r_k the posterior
+responsibilities and C_k = alpha^2 S_k + sigma^2 I. These are the known answers that samplers,
+estimators and the likelihood are tested against, and a ready `score_fn` for research code.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+from sde_lib import SDE, _as_time
+
+Tensor = torch.Tensor
+
+
+class GaussianMixture:
+    """A mixture of K Gaussians in D dimensions.
+
+    Args:
+      weights: [K] non-negative, normalised here.
+      means: [K, D].
+      covs: [K, D, D] covariance matrices, or [K, D] diagonal variances, or [K] isotropic variances.
+    Computations run in float64; results come back in the dtype of the input x.
+    """
+
+    def __init__(self, weights: Sequence[float], means, covs):
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        mu = torch.as_tensor(means, dtype=torch.float64)
+        c = torch.as_tensor(covs, dtype=torch.float64)
+        if mu.ndim != 2 or w.shape != mu.shape[:1]:
+            raise ValueError(f"means must be [K, D] with K = len(weights); got means {tuple(mu.shape)}, "
+                             f"weights {tuple(w.shape)}")
+        if (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"weights must be non-negative with a positive sum, got {w.tolist()}")
+        K, D = mu.shape
+        if c.ndim == 1:
+            c = c[:, None, None] * torch.eye(D, dtype=torch.float64)
+        elif c.ndim == 2:
+            c = torch.diag_embed(c)
+        if c.shape != (K, D, D):
+            raise ValueError(f"covs must be [K, D, D], [K, D] or [K]; got {tuple(c.shape)} for K={K}, D={D}")
+        self.weights, self.means, self.covs = w / w.sum(), mu, c
+        self.dim = D
+
+    # ----- data -----
+    def sample(self, n: int, generator: Optional[torch.Generator] = None,
+               return_labels: bool = False):
+        """n samples [n, D] (float32), and their component labels [n] if asked."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        L = torch.linalg.cholesky(self.covs)
+        x = self.means[k] + (L[k] @ z.unsqueeze(-1)).squeeze(-1)
+        return (x.float(), k) if return_labels else x.float()
+
+    # ----- the marginal at time t -----
+    def _marginal(self, sde: Optional[SDE], t: Tensor, B: int):
+        """Means [B, K, D] and covariances [B, K, D, D] of p_t's components (t: [B] or scalar)."""
+        if sde is None:
+            return self.means.expand(B, -1, -1), self.covs.expand(B, -1, -1, -1)
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(B)
+        alpha, sigma = sde.marginal_coeffs(t)
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        m = alpha[:, None, None] * self.means
+        C = alpha[:, None, None, None] ** 2 * self.covs + sigma[:, None, None, None] ** 2 * eye
+        return m, C
+
+    def _component_terms(self, x: Tensor, sde: Optional[SDE], t):
+        """Per-component log w_k N(x; m_k, C_k) [B, K] and precision-times-residual [B, K, D]."""
+        xf = x.reshape(x.shape[0], -1).double().cpu()
+        if xf.shape[1] != self.dim:
+            raise ValueError(f"x has {xf.shape[1]} dimensions per sample, the mixture has {self.dim}")
+        m, C = self._marginal(sde, torch.as_tensor(t).double().cpu() if t is not None else None, xf.shape[0])
+        L = torch.linalg.cholesky(C)
+        r = (m - xf[:, None, :]).unsqueeze(-1)                      # [B, K, D, 1]
+        prec_r = torch.cholesky_solve(r, L).squeeze(-1)             # C^{-1} (m - x)
+        maha = -(r.squeeze(-1) * prec_r).sum(-1)                    # -(x - m)^T C^{-1} (x - m)
+        logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+        logn = 0.5 * (maha - logdet - self.dim * math.log(2 * math.pi))
+        return torch.log(self.weights) + logn, prec_r
+
+    def log_prob(self, x: Tensor, sde: Optional[SDE] = None, t=None) -> Tensor:
+        """log p_t(x) [B] for x [B, ...] (flattened to D); p_0 when no SDE is given."""
+        comp, _ = self._component_terms(x, sde, t)
+        return torch.logsumexp(comp, -1).to(device=x.device, dtype=x.dtype)
+
+    def score(self, x: Tensor, sde: Optional[SDE] = None, t=None) -> Tensor:
+        """grad_x log p_t(x), shaped like x."""
+        comp, prec_r = self._component_terms(x, sde, t)
+        resp = torch.softmax(comp, -1)
+        s = (resp.unsqueeze(-1) * prec_r).sum(1)
+        return s.reshape(x.shape).to(device=x.device, dtype=x.dtype)
+
+    def score_fn(self, sde: SDE):
+        """The exact `score_fn(x, t)` of this mixture under `sde`, for samplers and the likelihood."""
+
+        def score_fn(x: Tensor, t: Tensor) -> Tensor:
+            return self.score(x, sde, _as_time(t, x))
+
+        return score_fn
+
+    def component_of(self, x: Tensor) -> Tensor:
+        """The most probable component of each sample under p_0: [B] long."""
+        comp, _ = self._component_terms(x, None, None)
+        return comp.argmax(-1)

@@ -1,0 +1,63 @@
+"""A small noise-conditioned MLP for point data (2-D toys, low-dimensional mixtures)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from models.embeddings import GaussianFourierProjection, sinusoidal_embedding
+from models.registry import register_model
+
+Tensor = torch.Tensor
+
+
+@register_model(name="mlp")
+class ScoreMLP(nn.Module):
+    """x [B, D], cond [B] -> [B, D].
+
+    h = W_in x + E(cond); then `num_layers` residual blocks h <- h + W2 SiLU(W1 SiLU(h) + E_l(cond));
+    out = W_out SiLU(h). The embedding E is sinusoidal in cond (VP: cond = 999 t) or Gaussian
+    Fourier features of log cond (VE: cond = sigma). With `scale_by_sigma` the output is divided
+    by cond (= sigma), the NCSN parametrisation s = net / sigma.
+    """
+
+    def __init__(self, dim: int = 2, hidden: int = 128, num_layers: int = 3, embedding_dim: int = 64,
+                 embedding_type: str = "positional", fourier_scale: float = 16.0, scale_by_sigma: bool = False):
+        super().__init__()
+        if embedding_type not in ("positional", "fourier"):
+            raise ValueError(f"embedding_type must be 'positional' or 'fourier', got {embedding_type!r}")
+        for name, v in (("dim", dim), ("hidden", hidden), ("num_layers", num_layers), ("embedding_dim", embedding_dim)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        self.embedding_type, self.embedding_dim, self.scale_by_sigma = embedding_type, embedding_dim, scale_by_sigma
+        if embedding_type == "fourier":
+            self.fourier = GaussianFourierProjection(embedding_dim // 2, fourier_scale)
+        self.embed = nn.Sequential(nn.Linear(embedding_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.inp = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList(_Block(hidden) for _ in range(num_layers))
+        self.out = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.out.weight)  # start at a zero score: training begins from a calm field
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        if self.embedding_type == "fourier":
+            e = self.fourier(torch.log(cond).to(self.fourier.W.dtype))
+        else:
+            e = sinusoidal_embedding(cond, self.embedding_dim)
+        e = self.embed(e.to(self.inp.weight.dtype))
+        h = self.inp(x) + e
+        for block in self.blocks:
+            h = block(h, e)
+        out = self.out(nn.functional.silu(h))
+        if self.scale_by_sigma:
+            out = out / cond.to(out.dtype)[:, None]
+        return out
+
+
+class _Block(nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.emb = nn.Linear(hidden, hidden)
+
+    def forward(self, h: Tensor, e: Tensor) -> Tensor:
+        return h + self.fc2(nn.functional.silu(self.fc1(nn.functional.silu(h)) + self.emb(e)))

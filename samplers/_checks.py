@@ -1,0 +1,63 @@
+"""Argument checks and the guarded, counted score function every sampler calls."""
+from __future__ import annotations
+
+import torch
+
+from sde_lib import SDE
+
+Tensor = torch.Tensor
+
+
+def check_eps(sde: SDE, eps, name: str = "eps") -> float:
+    """`eps` (default: the SDE's `sampling_eps`) as a float in the open interval (0, T)."""
+    if eps is None:
+        return sde.sampling_eps
+    eps = float(eps)
+    if not 0.0 < eps < sde.T:
+        raise ValueError(f"{name} must lie in (0, T) = (0, {sde.T:g}) for {type(sde).__name__}, got {eps!r}")
+    return eps
+
+
+def check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_finite(x: Tensor, where: str, step: int, t: Tensor) -> None:
+    """Raise if x holds NaN or inf: a silent NaN sample is worse than an error."""
+    if not torch.isfinite(x).all():
+        raise FloatingPointError(f"{where} produced non-finite values at step {step} (t={float(t.reshape(-1)[0]):.6g})")
+
+
+def make_generator(generator, seed, device=None):
+    """A torch.Generator from `generator` or `seed` (None: the global RNG)."""
+    if generator is not None and seed is not None:
+        raise ValueError("pass either generator or seed, not both")
+    if seed is None:
+        return generator
+    g = torch.Generator(device=device if device is not None else "cpu")
+    g.manual_seed(int(seed))
+    return g
+
+
+class GuardedScore:
+    """Wraps `score_fn(x, t)`: counts real calls (NFE), checks the output's shape and finiteness.
+
+    `step` is set by the sampling loop, so an error names the step as well as t.
+    """
+
+    def __init__(self, score_fn):
+        if not callable(score_fn):
+            raise TypeError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn).__name__}")
+        self.score_fn, self.nfe, self.step = score_fn, 0, None
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        s = self.score_fn(x, t)
+        if not torch.is_tensor(s) or s.shape != x.shape:
+            got = tuple(s.shape) if torch.is_tensor(s) else type(s).__name__
+            raise ValueError(f"score_fn returned {got} for x of shape {tuple(x.shape)} "
+                             f"at step {self.step}, t={float(t.reshape(-1)[0]):.6g}; it must return x's shape")
+        check_finite(s, "score_fn", self.step, t)
+        return s

@@ -68,7 +68,7 @@ class GaussianMixture:
         """Means [B, K, D] and covariances [B, K, D, D] of p_t's components (t: [B] or scalar)."""
         if sde is None:
             return self.means.expand(B, -1, -1), self.covs.expand(B, -1, -1, -1)
-        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(B)
+        t = t.expand(B)
         alpha, sigma = sde.marginal_coeffs(t)
         eye = torch.eye(self.dim, dtype=torch.float64)
         m = alpha[:, None, None] * self.means
@@ -80,11 +80,16 @@ class GaussianMixture:
         xf = x.reshape(x.shape[0], -1).double().cpu()
         if xf.shape[1] != self.dim:
             raise ValueError(f"x has {xf.shape[1]} dimensions per sample, the mixture has {self.dim}")
-        m, C = self._marginal(sde, torch.as_tensor(t).double().cpu() if t is not None else None, xf.shape[0])
+        if t is not None:
+            t = torch.as_tensor(t).double().cpu().reshape(-1)
+            if len(t) > 1 and bool((t == t[0]).all()):
+                t = t[:1]  # samplers pass one time for the whole batch: factorise once
+        m, C = self._marginal(sde, t, 1 if t is None or len(t) == 1 else xf.shape[0])
         L = torch.linalg.cholesky(C)
-        r = (m - xf[:, None, :]).unsqueeze(-1)                      # [B, K, D, 1]
-        prec_r = torch.cholesky_solve(r, L).squeeze(-1)             # C^{-1} (m - x)
-        maha = -(r.squeeze(-1) * prec_r).sum(-1)                    # -(x - m)^T C^{-1} (x - m)
+        P = torch.cholesky_inverse(L)                               # C^{-1}: [1 or B, K, D, D]
+        r = m - xf[:, None, :]                                      # [B, K, D]
+        prec_r = torch.einsum("bkde,bke->bkd", P.expand(r.shape[0], -1, -1, -1), r)
+        maha = -(r * prec_r).sum(-1)                                # -(x - m)^T C^{-1} (x - m)
         logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
         logn = 0.5 * (maha - logdet - self.dim * math.log(2 * math.pi))
         return torch.log(self.weights) + logn, prec_r

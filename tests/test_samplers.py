@@ -90,7 +90,7 @@ def test_langevin_per_sample_norms_are_batch_independent():
     g2[1:] *= 10  # change the other samples only
     e2 = corr.step_size(g2, z2, t)
     assert e1[0] == e2[0] and not torch.allclose(e1[1:], e2[1:])
-    expected = 2 * (0.16 * 8 / g[0].norm()) ** 2  # ||z|| -> sqrt(D) = 8
+    expected = 2 * (0.16 * 8 ** 0.5 / g[0].norm()) ** 2  # ||z|| -> sqrt(D), D = 8
     assert torch.allclose(e1[0].float(), expected)
 
 

@@ -17,18 +17,22 @@ class ScoreMLP(nn.Module):
     h = W_in x + E(cond); then `num_layers` residual blocks h <- h + W2 SiLU(W1 SiLU(h) + E_l(cond));
     out = W_out SiLU(h). The embedding E is sinusoidal in cond (VP: cond = 999 t) or Gaussian
     Fourier features of log cond (VE: cond = sigma). With `scale_by_sigma` the output is divided
-    by cond (= sigma), the NCSN parametrisation s = net / sigma.
+    by cond (= sigma), the NCSN parametrisation s = net / sigma. With `scale_input_by_sigma`
+    (VE, where x_t grows to sigma_max) the input is x / sqrt(1 + sigma^2), which keeps it O(1)
+    for data of unit scale (the input preconditioning of Karras et al. 2022).
     """
 
     def __init__(self, dim: int = 2, hidden: int = 128, num_layers: int = 3, embedding_dim: int = 64,
-                 embedding_type: str = "positional", fourier_scale: float = 16.0, scale_by_sigma: bool = False):
+                 embedding_type: str = "positional", fourier_scale: float = 1.0, scale_by_sigma: bool = False,
+                 scale_input_by_sigma: bool = False):
         super().__init__()
         if embedding_type not in ("positional", "fourier"):
             raise ValueError(f"embedding_type must be 'positional' or 'fourier', got {embedding_type!r}")
         for name, v in (("dim", dim), ("hidden", hidden), ("num_layers", num_layers), ("embedding_dim", embedding_dim)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        self.embedding_type, self.embedding_dim, self.scale_by_sigma = embedding_type, embedding_dim, scale_by_sigma
+        self.embedding_type, self.embedding_dim = embedding_type, embedding_dim
+        self.scale_by_sigma, self.scale_input_by_sigma = scale_by_sigma, scale_input_by_sigma
         if embedding_type == "fourier":
             self.fourier = GaussianFourierProjection(embedding_dim // 2, fourier_scale)
         self.embed = nn.Sequential(nn.Linear(embedding_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
@@ -44,6 +48,8 @@ class ScoreMLP(nn.Module):
         else:
             e = sinusoidal_embedding(cond, self.embedding_dim)
         e = self.embed(e.to(self.inp.weight.dtype))
+        if self.scale_input_by_sigma:
+            x = x * torch.rsqrt(1 + cond.to(x.dtype)[:, None] ** 2)
         h = self.inp(x) + e
         for block in self.blocks:
             h = block(h, e)

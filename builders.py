@@ -1,0 +1,135 @@
+"""Config -> objects: one factory each for the SDE, the network, the loss and the sampler, shared
+by training, evaluation and sampling; and `validate_config`, which fails before any work starts
+with a message naming the config key, the bad value and what is allowed."""
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Tuple
+
+import ml_collections
+import torch
+
+import losses
+import models
+import samplers
+import sde_lib
+
+Tensor = torch.Tensor
+SDE_KEYS = {"vpsde": ("beta_min", "beta_max", "N", "schedule"),
+            "subvpsde": ("beta_min", "beta_max", "N", "schedule"),
+            "vesde": ("sigma_min", "sigma_max", "N")}
+MODEL_META_KEYS = ("name", "ema_rate")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key."""
+
+
+def _require(ok: bool, key: str, value, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{key} = {value!r} is not allowed: {allowed}")
+
+
+def _one_of(config, key: str, allowed) -> None:
+    value = _get(config, key)
+    _require(value in allowed, key, value, f"must be one of {sorted(allowed)}")
+
+
+def _positive(config, key: str, integer: bool = False, allow_zero: bool = False) -> None:
+    value = _get(config, key)
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    ok = ok and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    kind = "an integer" if integer else "a number"
+    _require(ok, key, value, f"must be {kind} {'>= 0' if allow_zero else '> 0'}")
+
+
+def _get(config, key: str):
+    node = config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def build_sde(config) -> sde_lib.SDE:
+    """The SDE named by config.sde.name with the keys that SDE takes."""
+    _one_of(config, "sde.name", SDE_KEYS)
+    kwargs = {k: config.sde[k] for k in SDE_KEYS[config.sde.name]}
+    try:
+        return sde_lib.get_sde(config.sde.name, **kwargs)
+    except ValueError as e:
+        raise ConfigError(f"config.sde: {e}") from e
+
+
+def model_kwargs(config) -> dict:
+    return {k: v for k, v in config.model.items() if k not in MODEL_META_KEYS}
+
+
+def build_model(config) -> torch.nn.Module:
+    """The registered network config.model.name, built from the other config.model keys."""
+    try:
+        cls = models.get_model(config.model.name)
+    except ValueError as e:
+        raise ConfigError(f"config.model.name: {e}") from e
+    kwargs = model_kwargs(config)
+    accepted = inspect.signature(cls.__init__).parameters
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
+        raise ConfigError(f"config.model.{unknown[0]}: model {config.model.name!r} takes no argument "
+                          f"{unknown[0]!r}; it takes {sorted(k for k in accepted if k != 'self')}")
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise ConfigError(f"config.model: {e}") from e
+
+
+def build_loss(config, sde: sde_lib.SDE) -> Callable:
+    t = config.training
+    try:
+        return losses.get_loss_fn(sde, continuous=t.continuous, weighting=t.weighting,
+                                  importance_sampling=t.importance_sampling, reduce=t.reduce, eps=t.eps)
+    except ValueError as e:
+        raise ConfigError(f"config.training: {e}") from e
+
+
+def build_sampler(config, sde: sde_lib.SDE) -> Callable[..., Tuple[Tensor, int]]:
+    """sample(score_fn, shape, seed) -> (x, nfe) with the configured sampler."""
+    s = config.sampling
+    if s.method == "ode":
+        def sample(score_fn, shape, seed):
+            return samplers.ode_sample(sde, score_fn, shape, rtol=s.rtol, atol=s.atol, eps=s.eps,
+                                       method=s.ode_method, steps=s.ode_steps, denoise=s.denoise, seed=seed)
+    else:
+        def sample(score_fn, shape, seed):
+            return samplers.pc_sample(sde, score_fn, shape, predictor=s.predictor, corrector=s.corrector,
+                                      snr=s.snr, n_steps=s.n_steps, N=s.N, eps=s.eps, denoise=s.denoise, seed=seed)
+    return sample
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Every check that can fail before training or evaluation starts."""
+    _one_of(config, "data.kind", ("points", "images"))
+    for key in ("data.n_train", "data.n_test", "training.batch_size", "training.n_iters", "training.log_freq",
+                "training.snapshot_freq", "training.checkpoint_freq", "training.keep_checkpoints",
+                "sampling.N", "sampling.n_steps", "sampling.n_samples", "sampling.batch_size",
+                "eval.batch_size", "eval.n_nll", "eval.n_samples", "eval.n_probes", "sde.N"):
+        _positive(config, key, integer=True)
+    for key in ("optim.lr", "sampling.snr", "sampling.rtol", "sampling.atol", "eval.nll_rtol", "eval.nll_atol"):
+        _positive(config, key)
+    for key in ("optim.weight_decay", "optim.grad_clip", "optim.warmup"):
+        _positive(config, key, allow_zero=True)
+    _require(0 <= config.model.ema_rate < 1, "model.ema_rate", config.model.ema_rate, "must lie in [0, 1)")
+    _require(0 <= config.optim.beta1 < 1, "optim.beta1", config.optim.beta1, "must lie in [0, 1)")
+    sde = build_sde(config)
+    for key in ("training.eps", "sampling.eps", "eval.nll_eps"):
+        value = _get(config, key)
+        _require(isinstance(value, float) and 0 < value < sde.T, key, value, f"must lie in (0, T) = (0, {sde.T:g})")
+    _one_of(config, "sampling.method", ("pc", "ode"))
+    _one_of(config, "sampling.predictor", samplers.list_predictors())
+    _one_of(config, "sampling.corrector", samplers.list_correctors())
+    _one_of(config, "sampling.ode_method", samplers.ode_methods())
+    _one_of(config, "eval.divergence", ("exact", "rademacher", "gaussian"))
+    build_loss(config, sde)
+    build_model(config)
+    if config.data.kind == "points":
+        import toy_data
+        _one_of(config, "data.name", toy_data.DATASETS)

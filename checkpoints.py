@@ -1,0 +1,91 @@
+"""Checkpoints that survive crashes: atomic writes, the last few kept, safe loading, fallback on corruption.
+
+A checkpoint is a dict of tensors and plain values only, so `torch.load(weights_only=True)`
+reads it; a file that needs the pickle machinery to run code is refused, never executed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import zipfile
+from typing import List, Optional, Tuple
+
+import torch
+
+_NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """The file holds pickled objects that plain weights loading refuses to run."""
+
+
+def checkpoint_path(ckpt_dir: str, step: int) -> str:
+    return os.path.join(ckpt_dir, f"checkpoint_{step}.pt")
+
+
+def list_checkpoints(ckpt_dir: str) -> List[Tuple[int, str]]:
+    """(step, path) of every checkpoint in ckpt_dir, newest first."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    found = [(int(m.group(1)), os.path.join(ckpt_dir, f)) for f in os.listdir(ckpt_dir) if (m := _NAME.match(f))]
+    return sorted(found, reverse=True)
+
+
+def save_checkpoint(ckpt_dir: str, step: int, state: dict, keep: int) -> str:
+    """Write state to checkpoint_<step>.pt atomically, then delete all but the newest `keep`.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk, and the file is
+    renamed into place: a crash leaves either the old set of checkpoints or the new one, never a
+    half-written file under a checkpoint's name. An existing checkpoint is never overwritten.
+    """
+    os.makedirs(ckpt_dir, exist_ok=True)
+    path = checkpoint_path(ckpt_dir, step)
+    if os.path.exists(path):
+        raise FileExistsError(f"checkpoint {path} exists already; checkpoints are never overwritten")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(ckpt_dir)
+    for _, old in list_checkpoints(ckpt_dir)[keep:]:
+        os.remove(old)
+    return path
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Load one checkpoint with weights_only=True; an unsafe file raises UnsafeCheckpointError."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
+            raise UnsafeCheckpointError(
+                f"refusing to load {path}: it holds pickled Python objects that could run code "
+                f"(torch.load with weights_only=True rejected it: {str(e).splitlines()[0]}). "
+                "Only checkpoints of plain tensors and values are read.") from e
+        raise
+
+
+def load_latest(ckpt_dir: str, map_location="cpu") -> Optional[Tuple[int, dict]]:
+    """(step, state) of the newest checkpoint that loads; a truncated or corrupt one is skipped with
+    a warning and the one before it is tried. An unsafe one stops everything. None if there is none."""
+    for step, path in list_checkpoints(ckpt_dir):
+        try:
+            return step, load_checkpoint(path, map_location)
+        except UnsafeCheckpointError:
+            raise
+        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, KeyError) as e:
+            logging.warning("checkpoint %s is unreadable (%s: %s); falling back to the previous one",
+                            path, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+    return None

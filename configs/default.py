@@ -1,0 +1,85 @@
+"""Defaults shared by every configuration; each config file overrides what its data, SDE and model need."""
+import ml_collections
+
+
+def get_default_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 42
+
+    config.data = data = ml_collections.ConfigDict()
+    data.kind = "points"          # "points" (2-D toys) or "images"
+    data.name = "swiss_roll"      # toy_data.DATASETS for points
+    data.n_train = 20000
+    data.n_test = 2000
+
+    config.sde = sde = ml_collections.ConfigDict()
+    sde.name = "vpsde"            # vpsde | subvpsde | vesde
+    sde.N = 1000
+    sde.beta_min = 0.1
+    sde.beta_max = 20.0
+    sde.schedule = "linear"       # linear | cosine (VP-type)
+    sde.sigma_min = 0.01
+    sde.sigma_max = 50.0
+
+    config.model = model = ml_collections.ConfigDict()
+    model.name = "mlp"
+    model.ema_rate = 0.999
+    model.dim = 2
+    model.hidden = 128
+    model.num_layers = 3
+    model.embedding_dim = 64
+    model.embedding_type = "positional"
+    model.fourier_scale = 1.0
+    model.scale_by_sigma = False
+    model.scale_input_by_sigma = False
+
+    config.training = training = ml_collections.ConfigDict()
+    training.batch_size = 512
+    training.n_iters = 6000
+    training.continuous = True
+    training.weighting = "std2"   # std2 | likelihood
+    training.importance_sampling = False
+    training.reduce = "mean"      # mean | sum over dimensions
+    training.eps = 1e-5           # smallest training time
+    training.log_freq = 200
+    training.snapshot_freq = 2000
+    training.checkpoint_freq = 1000
+    training.keep_checkpoints = 3
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.lr = 2e-3
+    optim.beta1 = 0.9
+    optim.eps = 1e-8
+    optim.weight_decay = 0.0
+    optim.warmup = 200            # linear learning-rate warm-up steps
+    optim.grad_clip = 1.0         # max gradient norm; 0 turns clipping off
+
+    config.sampling = sampling = ml_collections.ConfigDict()
+    sampling.method = "pc"        # pc | ode
+    sampling.predictor = "reverse_diffusion"
+    sampling.corrector = "langevin"
+    sampling.snr = 0.16
+    sampling.n_steps = 1
+    sampling.N = 500              # time steps of the PC sampler
+    sampling.eps = 1e-3           # last time of the sampler
+    sampling.denoise = True
+    sampling.ode_method = "dopri5"
+    sampling.ode_steps = 100      # steps of a fixed-step ODE method
+    sampling.rtol = 1e-5
+    sampling.atol = 1e-5
+    sampling.n_samples = 2000     # samples per snapshot
+    sampling.batch_size = 2000
+
+    config.eval = evaluate = ml_collections.ConfigDict()
+    evaluate.batch_size = 500
+    evaluate.enable_loss = True
+    evaluate.enable_nll = True
+    evaluate.enable_samples = True
+    evaluate.n_nll = 2000         # held-out points whose NLL is computed
+    evaluate.divergence = "exact" # exact | rademacher | gaussian
+    evaluate.n_probes = 1
+    evaluate.nll_rtol = 1e-5
+    evaluate.nll_atol = 1e-5
+    evaluate.nll_eps = 1e-5
+    evaluate.n_samples = 2000
+    return config

@@ -1,0 +1,177 @@
+"""The training loop: denoising score matching with Adam, warm-up, clipping and EMA, resumable exactly.
+
+Every source of randomness (data batches, diffusion times and noise, dropout) is drawn from RNGs
+whose states go into each checkpoint, so a run killed at any point and started again ends with
+the same weights, bit for bit, as one that never stopped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+import builders
+import checkpoints
+import data_lib
+import models
+import plotting
+
+
+class TrainState:
+    """Model, EMA, optimizer, step and RNG states: everything a run needs to continue exactly."""
+
+    def __init__(self, config):
+        torch.manual_seed(config.seed)
+        self.model = builders.build_model(config)
+        self.ema = models.ExponentialMovingAverage(self.model.parameters(), decay=config.model.ema_rate)
+        o = config.optim
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.lr, betas=(o.beta1, 0.999), eps=o.eps,
+                                          weight_decay=o.weight_decay)
+        self.step = 0
+        self.generator = torch.Generator().manual_seed(config.seed + 1)  # batches, times, noise
+
+    def state_dict(self, config) -> dict:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "step": self.step,
+                "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
+                "config": config.to_json()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.generator.set_state(state["rng"]["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+
+
+def _lr(config, step: int) -> float:
+    """Linear warm-up to config.optim.lr over config.optim.warmup steps."""
+    warmup = config.optim.warmup
+    return config.optim.lr * min(1.0, (step + 1) / warmup) if warmup > 0 else config.optim.lr
+
+
+def train_step(state: TrainState, loss_fn, score_fn, batch: torch.Tensor, config) -> tuple:
+    """One optimizer step; returns (loss, grad_norm) as floats."""
+    for group in state.optimizer.param_groups:
+        group["lr"] = _lr(config, state.step)
+    loss = loss_fn(score_fn, batch, state.generator)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    clip = config.optim.grad_clip if config.optim.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip)
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        return loss_value, float(grad_norm)
+    state.optimizer.step()
+    state.ema.update(state.model.parameters())
+    state.step += 1
+    return loss_value, float(grad_norm)
+
+
+def resume_or_start(config, ckpt_dir: str) -> TrainState:
+    state = TrainState(config)
+    latest = checkpoints.load_latest(ckpt_dir)
+    if latest is not None:
+        step, saved = latest
+        if saved.get("config") and json.loads(saved["config"]) != json.loads(config.to_json()):
+            logging.warning("the config differs from the one the checkpoint was trained with; using the new one")
+        state.load_state_dict(saved)
+        logging.info("resumed from step %d (%s)", step, ckpt_dir)
+    return state
+
+
+def snapshot(state: TrainState, config, sde, data, workdir: str) -> str:
+    """Samples from the EMA weights, saved as a PNG; the training RNGs are left untouched."""
+    params = list(state.model.parameters())
+    state.ema.store(params)
+    state.ema.copy_to(params)
+    state.model.eval()
+    rng = torch.get_rng_state()
+    try:
+        with torch.no_grad():
+            score_fn = models.get_score_fn(sde, state.model, continuous=config.training.continuous)
+            x, nfe = builders.build_sampler(config, sde)(score_fn, data.sample_shape(config.sampling.n_samples),
+                                                         seed=config.seed + state.step)
+    finally:
+        torch.set_rng_state(rng)
+        state.model.train()
+        state.ema.restore(params)
+    path = os.path.join(workdir, "samples", f"samples_{state.step}.png")
+    data.plot(x, path, f"step {state.step} ({nfe} score evaluations)")
+    return path
+
+
+class MetricsLog:
+    """metrics.jsonl in the workdir: one JSON object per logged step, trimmed on resume."""
+
+    def __init__(self, path: str, resume_step: int):
+        self.path = path
+        if os.path.exists(path):  # drop lines logged after the checkpoint we resume from
+            with open(path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+            with open(path, "w") as f:
+                f.writelines(kept)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def plot(self, path: str) -> None:
+        with open(self.path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        if rows:
+            plotting.loss_curve([r["step"] for r in rows], [r["loss"] for r in rows], path)
+
+
+def train(config, workdir: str, max_steps: Optional[int] = None) -> TrainState:
+    """Train per config into workdir, resuming from its newest readable checkpoint.
+
+    `max_steps` stops after that many steps of this call (a test hook); checkpoints still follow
+    config.training.checkpoint_freq.
+    """
+    builders.validate_config(config)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
+    sde = builders.build_sde(config)
+    data = data_lib.load(config)
+    loss_fn = builders.build_loss(config, sde)
+    state = resume_or_start(config, ckpt_dir)
+    score_fn = models.get_score_fn(sde, state.model, continuous=config.training.continuous)
+    metrics = MetricsLog(os.path.join(workdir, "metrics.jsonl"), state.step)
+    t = config.training
+    end = t.n_iters if max_steps is None else min(t.n_iters, state.step + max_steps)
+    state.model.train()
+    bar = tqdm(total=t.n_iters, initial=state.step, desc="train", dynamic_ncols=True)
+    t0, s0 = time.perf_counter(), state.step
+    while state.step < end:
+        batch = data.train_batch(t.batch_size, state.generator)
+        loss, grad_norm = train_step(state, loss_fn, score_fn, batch, config)
+        if not math.isfinite(loss):
+            last = checkpoints.list_checkpoints(ckpt_dir)
+            raise FloatingPointError(
+                f"training loss is {loss} at step {state.step + 1}; training stopped without saving. "
+                f"The last good checkpoint is {last[0][1] if last else 'none (no checkpoint was written yet)'}")
+        bar.update(1)
+        step = state.step
+        if step % t.log_freq == 0 or step == end:
+            rate = (step - s0) / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            metrics.write({"step": step, "loss": loss, "grad_norm": grad_norm, "lr": _lr(config, step - 1),
+                           "steps_per_s": round(rate, 2)})
+            logging.info("step %d  loss %.5f  grad_norm %.3f  %.1f steps/s", step, loss, grad_norm, rate)
+        if step % t.checkpoint_freq == 0 or step == t.n_iters:
+            checkpoints.save_checkpoint(ckpt_dir, step, state.state_dict(config), t.keep_checkpoints)
+        if step % t.snapshot_freq == 0 or step == t.n_iters:
+            logging.info("samples: %s", snapshot(state, config, sde, data, workdir))
+            metrics.plot(os.path.join(workdir, "loss.png"))
+    bar.close()
+    return state

@@ -105,9 +105,15 @@ def build_sampler(config, sde: sde_lib.SDE) -> Callable[..., Tuple[Tensor, int]]
     return sample
 
 
+def apply_threads(config) -> None:
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Every check that can fail before training or evaluation starts."""
     _one_of(config, "data.kind", ("points", "images"))
+    _positive(config, "num_threads", integer=True, allow_zero=True)
     for key in ("data.n_train", "data.n_test", "training.batch_size", "training.n_iters", "training.log_freq",
                 "training.snapshot_freq", "training.checkpoint_freq", "training.keep_checkpoints",
                 "sampling.N", "sampling.n_steps", "sampling.n_samples", "sampling.batch_size",

@@ -1,0 +1,214 @@
+"""Training, checkpoints and evaluation: resumable, atomic, safe, and stopped by bad values."""
+import json
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import builders
+import checkpoints
+import evaluation
+import training
+from configs.swissroll_vp_mlp import get_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config(**overrides):
+    c = get_config()
+    c.data.n_train, c.data.n_test = 2000, 300
+    c.model.hidden, c.model.num_layers = 32, 2
+    t = c.training
+    t.batch_size, t.n_iters, t.log_freq, t.checkpoint_freq, t.snapshot_freq = 64, 30, 10, 10, 1000
+    c.optim.warmup = 5
+    c.sampling.N, c.sampling.n_samples, c.sampling.batch_size = 20, 100, 100
+    c.eval.n_nll, c.eval.batch_size, c.eval.n_samples = 100, 50, 100
+    for key, value in overrides.items():
+        node = c
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return c
+
+
+def final_weights(workdir):
+    step, state = checkpoints.load_latest(os.path.join(workdir, "checkpoints"))
+    return step, state
+
+
+def assert_same_state(a, b):
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for x, y in zip(a["ema"]["shadow_params"], b["ema"]["shadow_params"]):
+        assert torch.equal(x, y)
+
+
+def test_training_writes_everything_and_learns(tmp_path):
+    c = small_config(**{"training.n_iters": 300, "training.checkpoint_freq": 100, "training.snapshot_freq": 300})
+    training.train(c, str(tmp_path))
+    names = sorted(os.listdir(tmp_path / "checkpoints"))
+    assert names == ["checkpoint_100.pt", "checkpoint_200.pt", "checkpoint_300.pt"]
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == list(range(10, 301, 10))
+    assert rows[-1]["loss"] < 0.7 * rows[0]["loss"]
+    assert (tmp_path / "samples" / "samples_300.png").stat().st_size > 1000
+    assert (tmp_path / "loss.png").exists()
+    state = torch.load(tmp_path / "checkpoints" / "checkpoint_300.pt", weights_only=True)
+    assert json.loads(state["config"])["training"]["n_iters"] == 300
+
+
+def test_keep_last_checkpoints(tmp_path):
+    c = small_config(**{"training.n_iters": 50, "training.keep_checkpoints": 2})
+    training.train(c, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["checkpoint_40.pt", "checkpoint_50.pt"]
+
+
+def test_resume_in_process_equals_uninterrupted(tmp_path):
+    c = small_config()
+    training.train(c, str(tmp_path / "a"))
+    training.train(c, str(tmp_path / "b"), max_steps=20)  # stops after the checkpoint at 20
+    training.train(c, str(tmp_path / "b"))
+    assert_same_state(final_weights(tmp_path / "a")[1], final_weights(tmp_path / "b")[1])
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "b" / "metrics.jsonl")]
+    assert steps == [10, 20, 30]
+
+
+def _main(workdir, *extra):
+    return [sys.executable, os.path.join(ROOT, "main.py"), "--mode", "train", "--workdir", str(workdir),
+            "--config.training.n_iters=600", "--config.training.checkpoint_freq=100",
+            "--config.training.snapshot_freq=100000", "--config.training.batch_size=64",
+            "--config.model.hidden=32", "--config.data.n_train=2000", "--config.sampling.N=10",
+            "--config.sampling.n_samples=50", "--config.sampling.batch_size=50", *extra]
+
+
+def test_kill_9_then_resume_gives_the_same_weights(tmp_path):
+    subprocess.run(_main(tmp_path / "full"), check=True, capture_output=True, cwd=ROOT)
+    proc = subprocess.Popen(_main(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    first = tmp_path / "killed" / "checkpoints" / "checkpoint_100.pt"
+    deadline = time.time() + 120
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    left = checkpoints.list_checkpoints(str(tmp_path / "killed" / "checkpoints"))
+    assert left and left[0][0] < 600, "the kill came too late to test anything"
+    subprocess.run(_main(tmp_path / "killed"), check=True, capture_output=True, cwd=ROOT)
+    a, b = final_weights(tmp_path / "full"), final_weights(tmp_path / "killed")
+    assert a[0] == b[0] == 600
+    assert_same_state(a[1], b[1])
+
+
+def test_corrupt_newest_checkpoint_falls_back(tmp_path, caplog):
+    c = small_config()
+    training.train(c, str(tmp_path / "a"))
+    training.train(c, str(tmp_path / "b"), max_steps=20)
+    newest = tmp_path / "b" / "checkpoints" / "checkpoint_20.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a full disk
+    state = training.resume_or_start(c, str(tmp_path / "b" / "checkpoints"))
+    assert state.step == 10
+    assert "unreadable" in caplog.text and "checkpoint_20.pt" in caplog.text
+    os.remove(newest)
+    training.train(c, str(tmp_path / "b"))
+    assert_same_state(final_weights(tmp_path / "a")[1], final_weights(tmp_path / "b")[1])
+
+
+def test_crash_while_writing_loses_no_checkpoint(tmp_path, monkeypatch):
+    ckpt = tmp_path / "ck"
+    checkpoints.save_checkpoint(str(ckpt), 10, {"w": torch.ones(3)}, keep=3)
+
+    def dying_save(obj, f):
+        f.write(b"PK\x03\x04 half a file")
+        raise KeyboardInterrupt  # the process dies mid-write
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.save_checkpoint(str(ckpt), 20, {"w": torch.zeros(3)}, keep=3)
+    monkeypatch.undo()
+    assert [s for s, _ in checkpoints.list_checkpoints(str(ckpt))] == [10]
+    step, state = checkpoints.load_latest(str(ckpt))
+    assert step == 10 and torch.equal(state["w"], torch.ones(3))
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        checkpoints.save_checkpoint(str(ckpt), 10, {"w": torch.zeros(3)}, keep=3)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {_RunsCode.marker}",))
+
+
+def test_checkpoint_with_code_is_refused_not_run(tmp_path):
+    _RunsCode.marker = str(tmp_path / "pwned")
+    ckpt = tmp_path / "checkpoints"
+    ckpt.mkdir()
+    with open(ckpt / "checkpoint_5.pt", "wb") as f:
+        torch.save({"model": _RunsCode()}, f)
+    with pytest.raises(checkpoints.UnsafeCheckpointError, match="refusing to load .*checkpoint_5.pt"):
+        checkpoints.load_latest(str(ckpt))
+    assert not os.path.exists(_RunsCode.marker)
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    real = builders.build_loss
+
+    def poisoned(config, sde):
+        fn, calls = real(config, sde), [0]
+
+        def loss_fn(score_fn, x, g):
+            calls[0] += 1
+            loss = fn(score_fn, x, g)
+            return loss * float("nan") if calls[0] == 15 else loss
+
+        return loss_fn
+
+    monkeypatch.setattr(training.builders, "build_loss", poisoned)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 15.*checkpoint_10\.pt"):
+        training.train(small_config(), str(tmp_path))
+    assert [s for s, _ in checkpoints.list_checkpoints(str(tmp_path / "checkpoints"))] == [10]
+    assert torch.isfinite(torch.load(tmp_path / "checkpoints" / "checkpoint_10.pt", weights_only=True)
+                          ["model"]["out.weight"]).all()
+
+
+def test_eval_reports_and_resumes(tmp_path, monkeypatch, capsys):
+    c = small_config(**{"data.name": "gmm", "training.n_iters": 200, "training.checkpoint_freq": 200})
+    training.train(c, str(tmp_path))
+    res = evaluation.evaluate(c, str(tmp_path))
+    for key in ("heldout_loss", "nll_nats", "nll_bits_per_dim", "true_nll_nats", "nll_gap_nats",
+                "sliced_wasserstein", "mmd_rbf"):
+        assert math.isfinite(res[key]), key
+    assert abs(res["nll_bits_per_dim"] - res["nll_nats"] / (2 * math.log(2))) < 1e-12
+    assert res["nll_gap_nats"] > -0.1  # a model cannot beat the true density by much on held-out data
+    assert "nll_bits_per_dim" in capsys.readouterr().out
+    saved = json.load(open(tmp_path / "eval" / "results.json"))
+    assert saved["checkpoint_step"] == 200
+    # A kill after the first NLL batch: only the second is computed again, with the same result.
+    log = tmp_path / "eval" / "nll_batches.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text(lines[0] + "\n" + lines[1][:10])  # the second line cut short
+    calls = []
+    real = evaluation.likelihood.log_likelihood
+    monkeypatch.setattr(evaluation.likelihood, "log_likelihood", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = evaluation.evaluate(c, str(tmp_path))
+    assert len(calls) == 1 and again["nll_nats"] == pytest.approx(res["nll_nats"], rel=1e-12)
+    assert again["sliced_wasserstein"] == res["sliced_wasserstein"]  # sample batches were kept
+
+
+def test_sample_mode_writes_npz_and_png(tmp_path):
+    c = small_config(**{"sampling.method": "ode", "sampling.n_samples": 64, "sampling.batch_size": 32})
+    training.train(c, str(tmp_path))
+    path = evaluation.sample(c, str(tmp_path))
+    import numpy as np
+    x = np.load(path)["samples"]
+    assert x.shape == (64, 2) and np.isfinite(x).all()
+    assert os.path.exists(path.replace(".npz", ".png"))
+
+
+def test_eval_without_checkpoint_says_train_first(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train first"):
+        evaluation.evaluate(small_config(), str(tmp_path))

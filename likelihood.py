@@ -19,7 +19,7 @@ import torch
 from torchdiffeq import odeint
 
 from sde_lib import SDE
-from samplers._checks import GuardedScore, check_eps, check_finite, check_positive_int, make_generator
+from samplers.guards import GuardedScore, check_eps, check_finite, check_positive_int, make_generator
 from samplers.ode import solve_flow, solver_options
 
 Tensor = torch.Tensor

@@ -1,42 +1,34 @@
 """Correctors: MCMC steps that leave p_t invariant at a fixed time t (Langevin dynamics).
 
 Each corrector is one small class registered by name; `update(x, t, generator)` returns
-`(x, x_mean)` and makes `n_steps` score calls. Step sizes use per-sample norms, so a sample's
-trajectory does not depend on which other samples share its batch.
+`(x, x_mean)` and makes `n_steps` score calls. Step sizes follow a signal-to-noise ratio (Langevin)
+or the noise level (annealed Langevin dynamics).
 """
 from __future__ import annotations
 
 import abc
-from typing import Dict, Type
 
 import torch
 
 from sde_lib import SDE, append_dims
+from samplers.registry import Registry
 
 Tensor = torch.Tensor
-_CORRECTORS: Dict[str, Type["Corrector"]] = {}
+_CORRECTORS = Registry("corrector")
 
 
 def register_corrector(name: str):
-    """Class decorator: `@register_corrector(name="my_mcmc")` adds a corrector to the registry."""
-
-    def wrap(cls):
-        if name in _CORRECTORS:
-            raise ValueError(f"corrector {name!r} is already registered")
-        _CORRECTORS[name] = cls
-        return cls
-
-    return wrap
+    """Class decorator: `@register_corrector(name="...")` adds a corrector to the registry."""
+    return _CORRECTORS.register(name)
 
 
-def get_corrector(name: str) -> Type["Corrector"]:
-    if name not in _CORRECTORS:
-        raise ValueError(f"unknown corrector {name!r}; registered correctors: {', '.join(sorted(_CORRECTORS))}")
-    return _CORRECTORS[name]
+def get_corrector(name: str):
+    """The corrector class registered under `name`; a ValueError lists the registered names otherwise."""
+    return _CORRECTORS.get(name)
 
 
 def list_correctors() -> list:
-    return sorted(_CORRECTORS)
+    return _CORRECTORS.names()
 
 
 def _norm(v: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ import torch
 from torchdiffeq import odeint
 
 from sde_lib import SDE
-from samplers._checks import GuardedScore, check_eps, check_finite, check_positive_int, make_generator
+from samplers.guards import GuardedScore, check_eps, check_finite, check_positive_int, make_generator
 from samplers.pc import tweedie_denoise
 
 Tensor = torch.Tensor

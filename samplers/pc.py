@@ -7,7 +7,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sde_lib import SDE, append_dims
-from samplers._checks import GuardedScore, check_eps, check_finite, check_positive_int, make_generator
+from samplers.guards import GuardedScore, check_eps, check_finite, check_positive_int, make_generator
 from samplers.correctors import get_corrector
 from samplers.grids import uniform_grid
 from samplers.predictors import get_predictor

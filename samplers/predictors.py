@@ -7,36 +7,29 @@ tensors [B]. Every predictor makes exactly one score call per step ('none' makes
 from __future__ import annotations
 
 import abc
-from typing import Dict, Optional, Type
+from typing import Optional
 
 import torch
 
 from sde_lib import SDE, append_dims
+from samplers.registry import Registry
 
 Tensor = torch.Tensor
-_PREDICTORS: Dict[str, Type["Predictor"]] = {}
+_PREDICTORS = Registry("predictor")
 
 
 def register_predictor(name: str):
-    """Class decorator: `@register_predictor(name="my_step")` adds a predictor to the registry."""
-
-    def wrap(cls):
-        if name in _PREDICTORS:
-            raise ValueError(f"predictor {name!r} is already registered")
-        _PREDICTORS[name] = cls
-        return cls
-
-    return wrap
+    """Class decorator: `@register_predictor(name="...")` adds a predictor to the registry."""
+    return _PREDICTORS.register(name)
 
 
-def get_predictor(name: str) -> Type["Predictor"]:
-    if name not in _PREDICTORS:
-        raise ValueError(f"unknown predictor {name!r}; registered predictors: {', '.join(sorted(_PREDICTORS))}")
-    return _PREDICTORS[name]
+def get_predictor(name: str):
+    """The predictor class registered under `name`; a ValueError lists the registered names otherwise."""
+    return _PREDICTORS.get(name)
 
 
 def list_predictors() -> list:
-    return sorted(_PREDICTORS)
+    return _PREDICTORS.names()
 
 
 def _noise(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:

@@ -156,4 +156,4 @@ def test_register_a_new_predictor():
                                     corrector="none", N=3, denoise=False)
         assert torch.equal(x, z) and nfe == 0
     finally:
-        samplers.predictors._PREDICTORS.pop("test_identity")
+        samplers.predictors._PREDICTORS.remove("test_identity")

@@ -1,10 +1,13 @@
 """The data a run trains and evaluates on, behind one small interface for points and images."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+import math
+from typing import Dict, Optional, Tuple
 
 import torch
 
+import image_data
+import likelihood
 import plotting
 import toy_data
 
@@ -41,8 +44,65 @@ class PointData:
         """-log p_data(x) per point where the density is known, else None."""
         return None if self.true_density is None else -self.true_density.log_prob(x.double())
 
+    def nll(self, sde, score_fn, start: int, stop: int, e, seed: int) -> Tuple[Tensor, Tensor, int]:
+        """(NLL in nats [B], bits/dim [B], nfe) of test points start:stop. The data are
+        continuous, so bits/dim = nats / (D ln 2), with no dequantization."""
+        x = self.test[start:stop]
+        logp, _, nfe = likelihood.log_likelihood(sde, score_fn, x, divergence=e.divergence, n_probes=e.n_probes,
+                                                 rtol=e.nll_rtol, atol=e.nll_atol, eps=e.nll_eps, seed=seed)
+        nats = -logp.double()
+        return nats, nats / (x[0].numel() * math.log(2)), nfe
+
+
+class ImageData:
+    """Images from image_data.load_split, scaled to [-1, 1] (config.data.centered) or [0, 1]."""
+
+    kind = "images"
+
+    def __init__(self, config):
+        d = config.data
+        kw = dict(root=d.root or None, image_size=d.image_size, num_channels=d.num_channels, pad_to=d.pad_to or None)
+        self.train_uint8, self.train_labels = image_data.load_split(d.name, split="train", **kw)
+        self.test_uint8, self.test_labels = image_data.load_split(d.name, split="test", **kw)
+        self.centered, self.random_flip = d.centered, d.random_flip
+        self.scaler, self.inverse_scaler = image_data.get_scaler(d.centered), image_data.get_inverse_scaler(d.centered)
+        self.test = self.scaler(image_data.to_unit_interval(self.test_uint8))
+        self.true_density, self.quality_fn = None, None
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> Tensor:
+        idx = torch.randint(0, len(self.train_uint8), (batch_size,), generator=generator)
+        images = self.train_uint8[idx]
+        if self.random_flip:
+            images = image_data.random_hflip(images, generator)
+        return self.scaler(image_data.to_unit_interval(images))
+
+    def sample_shape(self, n: int) -> tuple:
+        return (n,) + tuple(self.train_uint8.shape[1:])
+
+    def to_uint8(self, x: Tensor) -> Tensor:
+        """Model-space samples -> uint8 images."""
+        return image_data.to_uint8(self.inverse_scaler(x).clamp(0, 1))
+
+    def plot(self, x: Tensor, path: str, title: str = "") -> None:
+        plotting.image_grid(self.inverse_scaler(x[:64]).clamp(0, 1), path, title)
+
+    def quality(self, samples: Tensor) -> Dict[str, float]:
+        """FID / KID / IS against the configured stats file, when one is configured."""
+        return {} if self.quality_fn is None else self.quality_fn(self.to_uint8(samples))
+
+    def true_nll_nats(self, x: Tensor) -> Optional[Tensor]:
+        return None
+
+    def nll(self, sde, score_fn, start: int, stop: int, e, seed: int) -> Tuple[Tensor, Tensor, int]:
+        """(NLL in nats [B], bits/dim [B], nfe) of test images start:stop, uniformly dequantized."""
+        k = self.test_uint8[start:stop]
+        bpd, _, nfe = likelihood.bits_per_dim(sde, score_fn, k, centered=self.centered, seed=seed,
+                                              divergence=e.divergence, n_probes=e.n_probes,
+                                              rtol=e.nll_rtol, atol=e.nll_atol, eps=e.nll_eps)
+        bpd = bpd.double()
+        return bpd * (k[0].numel() * math.log(2)), bpd, nfe
+
 
 def load(config):
-    if config.data.kind == "points":
-        return PointData(config)
-    raise ValueError(f"config.data.kind = {config.data.kind!r}: only 'points' is available in this build")
+    """The data of config.data.kind: 'points' or 'images'."""
+    return PointData(config) if config.data.kind == "points" else ImageData(config)

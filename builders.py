@@ -78,7 +78,7 @@ def build_model(config) -> torch.nn.Module:
                           f"{unknown[0]!r}; it takes {sorted(k for k in accepted if k != 'self')}")
     try:
         return cls(**kwargs)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"config.model: {e}") from e
 
 
@@ -114,7 +114,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """Every check that can fail before training or evaluation starts."""
     _one_of(config, "data.kind", ("points", "images"))
     _positive(config, "num_threads", integer=True, allow_zero=True)
-    for key in ("data.n_train", "data.n_test", "training.batch_size", "training.n_iters", "training.log_freq",
+    for key in ("training.batch_size", "training.n_iters", "training.log_freq",
                 "training.snapshot_freq", "training.checkpoint_freq", "training.keep_checkpoints",
                 "sampling.N", "sampling.n_steps", "sampling.n_samples", "sampling.batch_size",
                 "eval.batch_size", "eval.n_nll", "eval.n_samples", "eval.n_probes", "sde.N"):
@@ -139,3 +139,26 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.data.kind == "points":
         import toy_data
         _one_of(config, "data.name", toy_data.DATASETS)
+        _positive(config, "data.n_train", integer=True)
+        _positive(config, "data.n_test", integer=True)
+    else:
+        _validate_images(config)
+
+
+def _validate_images(config) -> None:
+    import image_data
+    name = config.data.name.lower().replace("-", "_")
+    _require(name in image_data.KNOWN_DATASETS, "data.name", config.data.name,
+             f"must be one of {list(image_data.KNOWN_DATASETS)}")
+    _positive(config, "data.image_size", integer=True)
+    _one_of(config, "data.num_channels", (1, 3))
+    _positive(config, "data.pad_to", integer=True, allow_zero=True)
+    for key in ("model.image_size", "model.num_channels"):
+        data_key = "data." + key.split(".")[1]
+        _require(_get(config, key) == _get(config, data_key), key, _get(config, key),
+                 f"must equal config.{data_key} = {_get(config, data_key)!r}")
+    _one_of(config, "eval.feature_extractor", ("none", "classifier", "inception"))
+    if config.eval.feature_extractor != "none":
+        for key in ("eval.feature_path", "eval.stats_path"):
+            _require(bool(_get(config, key)), key, _get(config, key),
+                     f"must name a file when config.eval.feature_extractor = {config.eval.feature_extractor!r}")

@@ -14,7 +14,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-_NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
+_NAME = re.compile(r"^checkpoint_(\d+)\.pth?$")  # .pth: the reference implementation's name
 
 
 class UnsafeCheckpointError(RuntimeError):

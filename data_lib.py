@@ -67,7 +67,7 @@ class ImageData:
         self.centered, self.random_flip = d.centered, d.random_flip
         self.scaler, self.inverse_scaler = image_data.get_scaler(d.centered), image_data.get_inverse_scaler(d.centered)
         self.test = self.scaler(image_data.to_unit_interval(self.test_uint8))
-        self.true_density, self.quality_fn = None, None
+        self.true_density, self.config, self._quality_fn = None, config, None
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Tensor:
         idx = torch.randint(0, len(self.train_uint8), (batch_size,), generator=generator)
@@ -88,7 +88,12 @@ class ImageData:
 
     def quality(self, samples: Tensor) -> Dict[str, float]:
         """FID / KID / IS against the configured stats file, when one is configured."""
-        return {} if self.quality_fn is None else self.quality_fn(self.to_uint8(samples))
+        if self.config.eval.feature_extractor == "none":
+            return {}
+        if self._quality_fn is None:  # loaded on first use: `--mode stats` runs before the stats exist
+            import features
+            self._quality_fn = features.quality_fn(self.config)
+        return self._quality_fn(self.to_uint8(samples))
 
     def true_nll_nats(self, x: Tensor) -> Optional[Tensor]:
         return None

@@ -16,10 +16,12 @@ import builders
 import checkpoints
 import data_lib
 import models
+from models import checkpoint_convert
 
 
 def load_ema_model(config, workdir: str):
-    """(network with the EMA weights of the newest readable checkpoint, its step)."""
+    """(network with the EMA weights of the newest readable checkpoint, its step). A checkpoint of
+    the reference implementation (checkpoint_<step>.pth) placed in <workdir>/checkpoints loads too."""
     latest = checkpoints.load_latest(os.path.join(workdir, "checkpoints"))
     if latest is None:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: "
@@ -27,10 +29,8 @@ def load_ema_model(config, workdir: str):
     step, state = latest
     torch.manual_seed(config.seed)
     model = builders.build_model(config)
-    model.load_state_dict(state["model"])
-    ema = models.ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
-    ema.load_state_dict(state["ema"])
-    ema.copy_to(model.parameters())
+    # Our checkpoints and score_sde_pytorch's share this layout ("module."-prefixed keys there).
+    checkpoint_convert.load_reference_checkpoint(model, state, use_ema=True)
     return model.eval(), step
 
 

@@ -110,8 +110,9 @@ def bits_per_dim(sde: SDE, score_fn, k: Tensor, *, n_bins: int = 256, centered: 
     """
     if k.is_floating_point() and not torch.equal(k, k.round()):
         raise ValueError("k must hold integer bin indices (e.g. uint8 pixel values), got non-integer floats")
-    if k.min() < 0 or k.max() >= n_bins:
-        raise ValueError(f"k must lie in {{0, ..., {n_bins - 1}}}, got values in [{int(k.min())}, {int(k.max())}]")
+    lo, hi = int(k.min()), int(k.max())  # python ints: a uint8 tensor would wrap 256 to 0
+    if lo < 0 or hi >= n_bins:
+        raise ValueError(f"k must lie in {{0, ..., {n_bins - 1}}}, got values in [{lo}, {hi}]")
     dtype = ll_kwargs.pop("dtype", torch.float32)
     generator = make_generator(generator, seed)
     u = torch.rand(k.shape, generator=generator, dtype=dtype).to(k.device)

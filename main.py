@@ -16,7 +16,10 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Configuration file (override keys with --config.a.b=v).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run folder (default: workdirs/<config file name>).")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "classifier", "stats"],
+                  "What to run: train, eval, sample; for image data, 'classifier' trains the feature "
+                  "classifier into config.eval.feature_path and 'stats' saves the training images' "
+                  "feature statistics to config.eval.stats_path.")
 flags.DEFINE_string("eval_folder", "eval", "Folder under the workdir for evaluation and sampling outputs.")
 
 
@@ -41,8 +44,18 @@ def main(argv):
         training.train(config, workdir)
     elif FLAGS.mode == "eval":
         evaluation.evaluate(config, workdir, FLAGS.eval_folder)
-    else:
+    elif FLAGS.mode == "sample":
         evaluation.sample(config, workdir, FLAGS.eval_folder)
+    else:
+        import data_lib
+        import features
+        if config.data.kind != "images":
+            raise app.UsageError(f"--mode {FLAGS.mode} needs image data; config.data.kind is {config.data.kind!r}")
+        data = data_lib.load(config)
+        if FLAGS.mode == "classifier":
+            features.train_feature_classifier(config, data)
+        else:
+            features.compute_data_stats(config, data)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,6 @@
 from models.registry import get_model, list_models, register_model
 from models.score import get_score_fn
 from models.ema import ExponentialMovingAverage
-from models import mlp  # noqa: F401  (registers "mlp")
+from models import ddpm, mlp, ncsnpp  # noqa: F401  (register "ddpm", "mlp", "ncsnpp", "ddpmpp")
 
 __all__ = ["get_model", "list_models", "register_model", "get_score_fn", "ExponentialMovingAverage"]

@@ -11,15 +11,30 @@ import builders
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
-                      if not os.path.basename(p).startswith(("_", "default")))
+                      if not os.path.basename(p).startswith("_") and not p.endswith(("default.py", "defaults.py")))
 
 
 def load(name):
     return importlib.import_module(f"configs.{name}").get_config()
 
 
+def set_key(config, key: str, value) -> None:
+    node = config
+    *path, last = key.split(".")
+    for p in path:
+        node = node[p]
+    node[last] = value
+
+
 def test_there_are_configs():
-    assert "swissroll_vp_mlp" in CONFIG_FILES and len(CONFIG_FILES) >= 4
+    assert "swissroll_vp_mlp" in CONFIG_FILES and "fashionmnist_ve_ncsnpp" in CONFIG_FILES and len(CONFIG_FILES) >= 10
+
+
+@pytest.mark.parametrize("name", ["cifar10_ve_ncsnpp", "cifar10_vp_ddpmpp"])
+def test_paper_width_builds(name):
+    config = importlib.import_module(f"configs.{name}").get_config("paper")
+    builders.validate_config(config)
+    assert config.model.nf == 128 and config.training.batch_size == 128
 
 
 @pytest.mark.parametrize("name", CONFIG_FILES)
@@ -44,14 +59,26 @@ def test_config_loads_and_validates(name):
     ("training.batch_size", 0, "config.training.batch_size"),
     ("data.name", "spirals", "config.data.name"),
     ("model.ema_rate", 1.5, "config.model.ema_rate"),
+    ("num_threads", -1, "config.num_threads"),
 ])
 def test_impossible_values_name_the_key(key, value, words):
     config = load("swissroll_vp_mlp")
-    node = config
-    *path, last = key.split(".")
-    for p in path:
-        node = node[p]
-    node[last] = value
+    set_key(config, key, value)
+    with pytest.raises(ValueError, match=words):
+        builders.validate_config(config)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("data.name", "imagenet", "config.data.name"),
+    ("data.num_channels", 2, "config.data.num_channels"),
+    ("model.image_size", 64, "config.model.image_size = 64 .*must equal config.data.image_size"),
+    ("eval.feature_extractor", "clip", "config.eval.feature_extractor"),
+    ("eval.feature_extractor", "classifier", "config.eval.feature_path"),
+    ("model.nf", 3, "config.model: nf must be"),
+])
+def test_image_config_errors_name_the_key(key, value, words):
+    config = load("fashionmnist_ve_ncsnpp")
+    set_key(config, key, value)
     with pytest.raises(ValueError, match=words):
         builders.validate_config(config)
 

@@ -84,7 +84,7 @@ def test_bits_per_dim_of_dequantized_data():
     """bpd = -(log p_x(x) + D log a) / (D ln 2) + log2(256) with x = 2 (k + u)/256 - 1."""
     sde = sde_lib.VPSDE()
     gm = GaussianMixture([1.0], torch.zeros(1, 6), [0.4])
-    k = torch.randint(0, 256, (16, 6), generator=torch.Generator().manual_seed(0))
+    k = torch.randint(0, 256, (16, 6), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
     bpd, z, nfe = likelihood.bits_per_dim(sde, gm.score_fn(sde), k, seed=5, dtype=torch.float64, eps=EPS)
     u = torch.rand(k.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     x = 2 * (k + u) / 256 - 1

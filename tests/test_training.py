@@ -213,3 +213,22 @@ def test_sample_mode_writes_npz_and_png(tmp_path):
 def test_eval_without_checkpoint_says_train_first(tmp_path):
     with pytest.raises(FileNotFoundError, match="train first"):
         evaluation.evaluate(small_config(), str(tmp_path))
+
+
+def test_reference_checkpoint_layout_samples(tmp_path):
+    """A score_sde_pytorch-style checkpoint (module.-prefixed keys, .pth) evaluates and samples here."""
+    c = small_config(**{"sampling.n_samples": 32, "sampling.batch_size": 32})
+    training.train(c, str(tmp_path / "ours"))
+    _, ours = final_weights(tmp_path / "ours")
+    ref = {"model": {f"module.{k}": v for k, v in ours["model"].items()}, "ema": ours["ema"],
+           "optimizer": ours["optimizer"], "step": 30}
+    (tmp_path / "ref" / "checkpoints").mkdir(parents=True)
+    torch.save(ref, tmp_path / "ref" / "checkpoints" / "checkpoint_30.pth")
+    a = evaluation.load_ema_model(c, str(tmp_path / "ours"))[0].state_dict()
+    b = evaluation.load_ema_model(c, str(tmp_path / "ref"))[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert os.path.exists(evaluation.sample(c, str(tmp_path / "ref")))
+    ref["model"].pop("module.out.bias")
+    torch.save(ref, tmp_path / "ref" / "checkpoints" / "checkpoint_40.pth")
+    with pytest.raises(ValueError, match="missing \\(1\\): out.bias"):
+        evaluation.load_ema_model(c, str(tmp_path / "ref"))

@@ -1,0 +1,6 @@
+"""CIFAR-10 with the VE SDE and NCSN++; `:small` (default, CPU) or `:paper` width."""
+from configs.image_defaults import get_image_config
+
+
+def get_config(width: str = "small"):
+    return get_image_config("cifar10", "vesde", "ncsnpp", width or "small")

@@ -1,0 +1,6 @@
+"""Fashion-MNIST (32x32, padded) with the VP SDE and DDPM++; `:small` (default, CPU) or `:paper` width."""
+from configs.image_defaults import get_image_config
+
+
+def get_config(width: str = "small"):
+    return get_image_config("fashion_mnist", "vpsde", "ddpmpp", width or "small")

@@ -1,0 +1,135 @@
+"""The DDPM U-Net (Ho et al. 2020), laid out as score_sde_pytorch's `ddpm` model so its
+checkpoints load: every submodule in one `all_modules` ModuleList, in the reference's order."""
+from __future__ import annotations
+
+from typing import Iterator, List, Sequence
+
+import torch
+import torch.nn as nn
+
+from models import layers
+from models.embeddings import sinusoidal_embedding
+from models.ncsnpp import check_unet_args
+from models.registry import register_model
+from sde_lib import append_dims
+
+Tensor = torch.Tensor
+
+
+@register_model(name="ddpm")
+class DDPM(nn.Module):
+    """DDPM U-Net: x [B, C, H, W], cond [B] (a time label: the step index, or 999 t) -> [B, C, H, W].
+
+    temb = Dense(act(Dense(sinusoidal(cond)))); per resolution level i (image_size / 2**i,
+    channels nf * ch_mult[i]): num_res_blocks residual blocks (+ attention at attn_resolutions)
+    and a 2x downsample; middle: block, attention, block; up: num_res_blocks + 1 blocks on the
+    concatenated skips (+ attention) and a nearest-neighbour 2x upsample; then GroupNorm, act,
+    3x3 conv. If not `centered`, inputs in [0, 1] are mapped to 2x - 1; with `scale_by_sigma`
+    the output is divided by cond (which must then be sigma).
+
+    GroupNorm uses `num_groups` groups everywhere (the reference fixes 32, so channel counts must
+    be multiples of it; smaller values allow narrow test networks). `conditional` is accepted for
+    config compatibility: as in the reference, the blocks are always conditioned on cond.
+    The defaults are the reference's CIFAR-10 configuration.
+    """
+
+    def __init__(self, *, nf: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
+                 attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1, resamp_with_conv: bool = True,
+                 conditional: bool = True, scale_by_sigma: bool = False, nonlinearity: str = "swish",
+                 centered: bool = True, num_channels: int = 3, image_size: int = 32, num_groups: int = 32):
+        super().__init__()
+        ch_mult = tuple(ch_mult)
+        check_unet_args(nf, ch_mult, num_res_blocks, image_size, num_channels, dropout, nonlinearity=nonlinearity)
+        bad = sorted({nf * m for m in ch_mult if (nf * m) % num_groups})
+        if not isinstance(num_groups, int) or num_groups < 1 or bad:
+            raise ValueError(f"num_groups={num_groups!r} must be a positive int dividing every channel count "
+                             f"nf * ch_mult = {[nf * m for m in ch_mult]} (not {bad})")
+        self.nf, self.ch_mult, self.num_res_blocks = nf, ch_mult, num_res_blocks
+        self.num_channels, self.image_size = num_channels, image_size
+        self.centered, self.scale_by_sigma, self.conditional = centered, scale_by_sigma, conditional
+        self.act = layers.get_act(nonlinearity)
+        self.attn_at = [image_size // 2 ** i in tuple(attn_resolutions) for i in range(len(ch_mult))]
+        self._block_args = dict(act=self.act, temb_dim=4 * nf, dropout=dropout, num_groups=num_groups,
+                                param_order="ddpm", skip_rescale=False, init_scale=0.0)
+
+        modules: List[nn.Module] = [layers.dense(nf, 4 * nf), layers.dense(4 * nf, 4 * nf),
+                                    layers.conv3x3(num_channels, nf)]
+        skip_channels, in_ch = self._build_down(modules, resamp_with_conv, num_groups)
+        modules += [self._block(in_ch), layers.AttnBlock(in_ch, num_groups=num_groups), self._block(in_ch)]
+        in_ch = self._build_up(modules, in_ch, skip_channels, resamp_with_conv, num_groups)
+        modules += [layers.group_norm(in_ch, num_groups), layers.conv3x3(in_ch, num_channels, init_scale=0.0)]
+        self.all_modules = nn.ModuleList(modules)
+        del self._block_args
+
+    def _block(self, in_ch: int, out_ch: int | None = None) -> nn.Module:
+        return layers.ResnetBlockDDPM(in_ch=in_ch, out_ch=out_ch, **self._block_args)
+
+    def _build_down(self, modules: List[nn.Module], with_conv: bool, groups: int):
+        skip_channels, in_ch = [self.nf], self.nf
+        for i, mult in enumerate(self.ch_mult):
+            for _ in range(self.num_res_blocks):
+                modules.append(self._block(in_ch, self.nf * mult))
+                in_ch = self.nf * mult
+                if self.attn_at[i]:
+                    modules.append(layers.AttnBlock(in_ch, num_groups=groups))
+                skip_channels.append(in_ch)
+            if i != len(self.ch_mult) - 1:
+                modules.append(layers.Downsample(in_ch, with_conv=with_conv))
+                skip_channels.append(in_ch)
+        return skip_channels, in_ch
+
+    def _build_up(self, modules: List[nn.Module], in_ch: int, skip_channels: List[int], with_conv: bool,
+                  groups: int) -> int:
+        for i in reversed(range(len(self.ch_mult))):
+            for _ in range(self.num_res_blocks + 1):
+                modules.append(self._block(in_ch + skip_channels.pop(), self.nf * self.ch_mult[i]))
+                in_ch = self.nf * self.ch_mult[i]
+            if self.attn_at[i]:
+                modules.append(layers.AttnBlock(in_ch, num_groups=groups))
+            if i != 0:
+                modules.append(layers.Upsample(in_ch, with_conv=with_conv))
+        return in_ch
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        """x [B, C, H, W], cond [B] -> [B, C, H, W]."""
+        want = (self.num_channels, self.image_size, self.image_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"x must have shape [B, {want[0]}, {want[1]}, {want[2]}], got {tuple(x.shape)}")
+        if cond.shape != (x.shape[0],):
+            raise ValueError(f"cond must have shape [B] = [{x.shape[0]}], got {tuple(cond.shape)}")
+        mods = iter(self.all_modules)
+        temb = next(mods)(sinusoidal_embedding(cond, self.nf))
+        temb = next(mods)(self.act(temb))
+        h = x if self.centered else 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
+        hs = self._down(next(mods)(h), temb, mods)
+        h = next(mods)(hs[-1], temb)
+        h = next(mods)(h)
+        h = next(mods)(h, temb)
+        h = self._up(h, hs, temb, mods)
+        norm, conv = next(mods), next(mods)
+        h = conv(self.act(norm(h)))
+        if next(mods, None) is not None:
+            raise RuntimeError("DDPM.forward left modules unused: construction and forward disagree")
+        return h / append_dims(cond.to(h.dtype), h.ndim) if self.scale_by_sigma else h
+
+    def _down(self, h: Tensor, temb: Tensor, mods: Iterator[nn.Module]) -> List[Tensor]:
+        hs = [h]
+        for i in range(len(self.ch_mult)):
+            for _ in range(self.num_res_blocks):
+                h = next(mods)(hs[-1], temb)
+                if self.attn_at[i]:
+                    h = next(mods)(h)
+                hs.append(h)
+            if i != len(self.ch_mult) - 1:
+                hs.append(next(mods)(hs[-1]))
+        return hs
+
+    def _up(self, h: Tensor, hs: List[Tensor], temb: Tensor, mods: Iterator[nn.Module]) -> Tensor:
+        for i in reversed(range(len(self.ch_mult))):
+            for _ in range(self.num_res_blocks + 1):
+                h = next(mods)(torch.cat([h, hs.pop()], dim=1), temb)
+            if self.attn_at[i]:
+                h = next(mods)(h)
+            if i != 0:
+                h = next(mods)(h)
+        return h

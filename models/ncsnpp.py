@@ -1,0 +1,318 @@
+"""NCSN++ and DDPM++ (Song et al. 2021, "Score-Based Generative Modeling through SDEs").
+
+One U-Net class with the paper's options; DDPM++ is the same class with the VP defaults. All
+submodules sit in one `all_modules` ModuleList, in the reference's order, so score_sde_pytorch
+checkpoints load with `models.checkpoint_convert.load_reference_state_dict`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from models import layers
+from models import up_or_down_sampling as updown
+from models.embeddings import GaussianFourierProjection, sinusoidal_embedding
+from models.registry import register_model
+from sde_lib import append_dims
+
+Tensor = torch.Tensor
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+
+CHOICES = {
+    "resblock_type": ("ddpm", "biggan"),
+    "progressive": ("none", "output_skip", "residual"),
+    "progressive_input": ("none", "input_skip", "residual"),
+    "progressive_combine": ("sum", "cat"),
+    "embedding_type": ("fourier", "positional"),
+    "attention_type": ("ddpm",),
+    "nonlinearity": layers.ACTIVATIONS,
+}
+
+
+def check_unet_args(nf: int, ch_mult: Sequence[int], num_res_blocks: int, image_size: int,
+                    num_channels: int, dropout: float, **choices: str) -> None:
+    """Raise ValueError naming the first argument outside what the U-Nets support."""
+    for name, value in choices.items():
+        if value not in CHOICES[name]:
+            raise ValueError(f"{name} must be one of {CHOICES[name]}, got {value!r}")
+    if not isinstance(nf, int) or nf < 4:
+        raise ValueError(f"nf must be an int >= 4 (GroupNorm needs 4 channels a group), got {nf!r}")
+    if len(ch_mult) == 0 or any(not isinstance(m, int) or m < 1 for m in ch_mult):
+        raise ValueError(f"ch_mult must be a non-empty sequence of positive ints, got {ch_mult!r}")
+    if not isinstance(num_res_blocks, int) or num_res_blocks < 1:
+        raise ValueError(f"num_res_blocks must be a positive int, got {num_res_blocks!r}")
+    if num_channels not in (1, 3):
+        raise ValueError(f"num_channels must be 1 or 3, got {num_channels!r}")
+    depth = 2 ** (len(ch_mult) - 1)
+    if not isinstance(image_size, int) or image_size < depth or image_size % depth:
+        raise ValueError(f"image_size must be a positive multiple of 2**(len(ch_mult)-1) = {depth} "
+                         f"(ch_mult={tuple(ch_mult)}), got {image_size!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
+
+
+def _check_group_norm_channels(nf: int, ch_mult: Sequence[int], cat: bool) -> None:
+    """GroupNorm splits C channels into min(C // 4, 32) groups, which must divide C."""
+    for c in {nf * m * k for m in ch_mult for k in ((1, 2) if cat else (1,))}:
+        if c % min(c // 4, 32):
+            raise ValueError(f"nf={nf} with ch_mult={tuple(ch_mult)} gives {c} channels, not divisible into "
+                             f"min({c} // 4, 32) = {min(c // 4, 32)} GroupNorm groups; choose nf, e.g. a multiple of 8")
+
+
+@register_model(name="ncsnpp")
+class NCSNpp(nn.Module):
+    """NCSN++ / DDPM++ U-Net: x [B, C, H, W], cond [B] -> [B, C, H, W].
+
+    cond is sigma (VE; `embedding_type="fourier"` embeds log sigma) or a time label such as 999 t
+    (VP; `embedding_type="positional"` embeds it as given). With `scale_by_sigma` the output is
+    divided by cond (then sigma), so the network's raw output has unit scale. If not `centered`,
+    inputs in [0, 1] are mapped to 2x - 1 first.
+
+    Layout, per resolution level i (image_size / 2**i, channels nf * ch_mult[i]):
+    down: num_res_blocks residual blocks (+ attention where the resolution is in attn_resolutions),
+    then a 2x downsample (BigGAN block with down=True, or a DDPM Downsample) and the input pyramid
+    step (`progressive_input`); middle: block, attention, block; up: num_res_blocks + 1 blocks on
+    the concatenated skip features, attention, the output pyramid step (`progressive`) and a 2x
+    upsample; then GroupNorm, activation, 3x3 conv. Skip sums are divided by sqrt(2) when
+    `skip_rescale`. The defaults are the reference's CIFAR-10 VE configuration.
+    """
+
+    def __init__(self, *, nf: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 4,
+                 attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1, resamp_with_conv: bool = True,
+                 conditional: bool = True, fir: bool = True, fir_kernel: Sequence[float] = (1, 3, 3, 1),
+                 skip_rescale: bool = True, resblock_type: str = "biggan", progressive: str = "none",
+                 progressive_input: str = "residual", progressive_combine: str = "sum",
+                 attention_type: str = "ddpm", init_scale: float = 0.0, fourier_scale: float = 16.0,
+                 conv_size: int = 3, embedding_type: str = "fourier", scale_by_sigma: bool = True,
+                 nonlinearity: str = "swish", centered: bool = False, num_channels: int = 3,
+                 image_size: int = 32):
+        super().__init__()
+        ch_mult = tuple(ch_mult)
+        check_unet_args(nf, ch_mult, num_res_blocks, image_size, num_channels, dropout,
+                        resblock_type=resblock_type, progressive=progressive, progressive_input=progressive_input,
+                        progressive_combine=progressive_combine, embedding_type=embedding_type,
+                        attention_type=attention_type, nonlinearity=nonlinearity)
+        if conv_size != 3:
+            raise ValueError(f"conv_size must be 3 (the only size NCSN++ uses), got {conv_size!r}")
+        _check_group_norm_channels(nf, ch_mult, progressive_combine == "cat" and progressive_input == "input_skip")
+        updown.fir_kernel_1d(fir_kernel)  # validates the taps
+        self.nf, self.ch_mult, self.num_res_blocks = nf, ch_mult, num_res_blocks
+        self.num_channels, self.image_size, self.centered = num_channels, image_size, centered
+        self.conditional, self.scale_by_sigma, self.skip_rescale = conditional, scale_by_sigma, skip_rescale
+        self.embedding_type, self.resblock_type = embedding_type, resblock_type
+        self.progressive, self.progressive_input = progressive, progressive_input
+        self.act = layers.get_act(nonlinearity)
+        resolutions = [image_size // 2 ** i for i in range(len(ch_mult))]
+        self.attn_at = [r in tuple(attn_resolutions) for r in resolutions]
+        # Settings only the _build_* helpers read; dropped once the modules exist.
+        self._opts = dict(dropout=dropout, fir=fir, fir_kernel=tuple(fir_kernel), init_scale=init_scale,
+                          resamp_with_conv=resamp_with_conv, combine=progressive_combine)
+
+        modules = self._build_embedding(fourier_scale)
+        modules.append(layers.conv3x3(num_channels, nf))
+        skip_channels, in_ch = self._build_down(modules)
+        in_ch = self._build_middle(modules, in_ch)
+        self._build_up(modules, in_ch, skip_channels)
+        self.all_modules = nn.ModuleList(modules)
+        del self._opts
+
+    # ------------------------------------------------------------------ construction
+
+    def _resnet_block(self, in_ch: int, out_ch: int | None = None, up: bool = False, down: bool = False) -> nn.Module:
+        o = self._opts
+        common = dict(act=self.act, in_ch=in_ch, out_ch=out_ch, temb_dim=4 * self.nf, dropout=o["dropout"],
+                      init_scale=o["init_scale"], skip_rescale=self.skip_rescale)
+        if self.resblock_type == "ddpm":
+            return layers.ResnetBlockDDPM(**common, param_order="ddpmpp")
+        return layers.ResnetBlockBigGAN(**common, up=up, down=down, fir=o["fir"], fir_kernel=o["fir_kernel"])
+
+    def _attn_block(self, channels: int) -> nn.Module:
+        return layers.AttnBlock(channels, skip_rescale=self.skip_rescale, init_scale=self._opts["init_scale"])
+
+    def _build_embedding(self, fourier_scale: float) -> List[nn.Module]:
+        modules: List[nn.Module] = []
+        embed_dim = self.nf
+        if self.embedding_type == "fourier":
+            modules.append(GaussianFourierProjection(embedding_size=self.nf, scale=fourier_scale))
+            embed_dim = 2 * self.nf
+        if self.conditional:
+            modules += [layers.dense(embed_dim, 4 * self.nf), layers.dense(4 * self.nf, 4 * self.nf)]
+        return modules
+
+    def _build_down(self, modules: List[nn.Module]) -> Tuple[List[int], int]:
+        """Encoder modules; returns the channel counts of the skip features and the last width."""
+        o, nf, levels = self._opts, self.nf, len(self.ch_mult)
+        skip_channels, in_ch, pyramid_ch = [nf], nf, self.num_channels
+        for i in range(levels):
+            for _ in range(self.num_res_blocks):
+                modules.append(self._resnet_block(in_ch, nf * self.ch_mult[i]))
+                in_ch = nf * self.ch_mult[i]
+                if self.attn_at[i]:
+                    modules.append(self._attn_block(in_ch))
+                skip_channels.append(in_ch)
+            if i == levels - 1:
+                break
+            if self.resblock_type == "ddpm":
+                modules.append(layers.Downsample(in_ch, with_conv=o["resamp_with_conv"], fir=o["fir"],
+                                                 fir_kernel=o["fir_kernel"]))
+            else:
+                modules.append(self._resnet_block(in_ch, down=True))
+            if self.progressive_input == "input_skip":
+                modules.append(layers.Downsample(pyramid_ch, fir=o["fir"], fir_kernel=o["fir_kernel"]))
+                modules.append(layers.Combine(pyramid_ch, in_ch, method=o["combine"]))
+                in_ch *= 2 if o["combine"] == "cat" else 1
+            elif self.progressive_input == "residual":
+                modules.append(layers.Downsample(pyramid_ch, in_ch, with_conv=True, fir=o["fir"],
+                                                 fir_kernel=o["fir_kernel"]))
+                pyramid_ch = in_ch
+            skip_channels.append(in_ch)
+        return skip_channels, in_ch
+
+    def _build_middle(self, modules: List[nn.Module], in_ch: int) -> int:
+        modules += [self._resnet_block(in_ch), self._attn_block(in_ch), self._resnet_block(in_ch)]
+        return in_ch
+
+    def _build_up(self, modules: List[nn.Module], in_ch: int, skip_channels: List[int]) -> None:
+        """Decoder and output modules; consumes `skip_channels` from the end."""
+        o, nf, c, levels = self._opts, self.nf, self.num_channels, len(self.ch_mult)
+        pyramid_ch = 0
+        for i in reversed(range(levels)):
+            for _ in range(self.num_res_blocks + 1):
+                modules.append(self._resnet_block(in_ch + skip_channels.pop(), nf * self.ch_mult[i]))
+                in_ch = nf * self.ch_mult[i]
+            if self.attn_at[i]:
+                modules.append(self._attn_block(in_ch))
+            if self.progressive == "output_skip" and i == levels - 1:
+                modules += [layers.group_norm(in_ch), layers.conv3x3(in_ch, c, init_scale=o["init_scale"])]
+                pyramid_ch = c
+            elif self.progressive == "residual" and i == levels - 1:
+                modules += [layers.group_norm(in_ch), layers.conv3x3(in_ch, in_ch)]
+                pyramid_ch = in_ch
+            elif self.progressive == "output_skip":
+                modules.append(layers.Upsample(pyramid_ch, fir=o["fir"], fir_kernel=o["fir_kernel"]))
+                modules.append(layers.group_norm(in_ch))
+                modules.append(layers.conv3x3(in_ch, c, init_scale=o["init_scale"]))
+                pyramid_ch = c
+            elif self.progressive == "residual":
+                modules.append(layers.Upsample(pyramid_ch, in_ch, with_conv=True, fir=o["fir"],
+                                               fir_kernel=o["fir_kernel"]))
+                pyramid_ch = in_ch
+            if i != 0:
+                if self.resblock_type == "ddpm":
+                    modules.append(layers.Upsample(in_ch, with_conv=o["resamp_with_conv"], fir=o["fir"],
+                                                   fir_kernel=o["fir_kernel"]))
+                else:
+                    modules.append(self._resnet_block(in_ch, up=True))
+        if self.progressive != "output_skip":
+            modules += [layers.group_norm(in_ch), layers.conv3x3(in_ch, c, init_scale=o["init_scale"])]
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        """x [B, C, H, W], cond [B] (sigma for VE, a time label such as 999 t for VP) -> [B, C, H, W]."""
+        self._check_inputs(x, cond)
+        mods = iter(self.all_modules)
+        temb = self._embed(cond, mods)
+        if not self.centered:
+            x = 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
+        hs = self._down(x, temb, mods)
+        h = self._middle(hs[-1], temb, mods)
+        h = self._up(h, hs, temb, mods)
+        if next(mods, None) is not None:
+            raise RuntimeError("NCSNpp.forward left modules unused: construction and forward disagree")
+        if self.scale_by_sigma:
+            h = h / append_dims(cond.to(h.dtype), h.ndim)
+        return h
+
+    def _check_inputs(self, x: Tensor, cond: Tensor) -> None:
+        want = (self.num_channels, self.image_size, self.image_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"x must have shape [B, {want[0]}, {want[1]}, {want[2]}], got {tuple(x.shape)}")
+        if cond.shape != (x.shape[0],):
+            raise ValueError(f"cond must have shape [B] = [{x.shape[0]}], got {tuple(cond.shape)}")
+
+    def _embed(self, cond: Tensor, mods: Iterator[nn.Module]) -> Tensor | None:
+        if self.embedding_type == "fourier":
+            temb = next(mods)(torch.log(cond))
+        else:
+            temb = sinusoidal_embedding(cond, self.nf)
+        if not self.conditional:
+            return None
+        temb = next(mods)(temb)
+        return next(mods)(self.act(temb))
+
+    def _down(self, x: Tensor, temb: Tensor | None, mods: Iterator[nn.Module]) -> List[Tensor]:
+        """Encoder; returns every skip feature map, the last one feeding the middle."""
+        pyramid = x
+        hs = [next(mods)(x)]
+        levels = len(self.ch_mult)
+        for i in range(levels):
+            for _ in range(self.num_res_blocks):
+                h = next(mods)(hs[-1], temb)
+                if self.attn_at[i]:
+                    h = next(mods)(h)
+                hs.append(h)
+            if i == levels - 1:
+                break
+            h = next(mods)(hs[-1]) if self.resblock_type == "ddpm" else next(mods)(hs[-1], temb)
+            if self.progressive_input == "input_skip":
+                pyramid = next(mods)(pyramid)
+                h = next(mods)(pyramid, h)
+            elif self.progressive_input == "residual":
+                pyramid = self._skip_sum(next(mods)(pyramid), h)
+                h = pyramid
+            hs.append(h)
+        return hs
+
+    def _middle(self, h: Tensor, temb: Tensor | None, mods: Iterator[nn.Module]) -> Tensor:
+        h = next(mods)(h, temb)
+        h = next(mods)(h)
+        return next(mods)(h, temb)
+
+    def _up(self, h: Tensor, hs: List[Tensor], temb: Tensor | None, mods: Iterator[nn.Module]) -> Tensor:
+        """Decoder and output head; consumes `hs` from the end."""
+        pyramid = None
+        levels = len(self.ch_mult)
+        for i in reversed(range(levels)):
+            for _ in range(self.num_res_blocks + 1):
+                h = next(mods)(torch.cat([h, hs.pop()], dim=1), temb)
+            if self.attn_at[i]:
+                h = next(mods)(h)
+            if self.progressive != "none" and i == levels - 1:
+                pyramid = self._norm_act_conv(h, mods)
+            elif self.progressive == "output_skip":
+                pyramid = next(mods)(pyramid)
+                pyramid = pyramid + self._norm_act_conv(h, mods)
+            elif self.progressive == "residual":
+                pyramid = self._skip_sum(next(mods)(pyramid), h)
+                h = pyramid
+            if i != 0:
+                h = next(mods)(h) if self.resblock_type == "ddpm" else next(mods)(h, temb)
+        if self.progressive == "output_skip":
+            return pyramid
+        return self._norm_act_conv(h, mods)
+
+    def _norm_act_conv(self, h: Tensor, mods: Iterator[nn.Module]) -> Tensor:
+        norm, conv = next(mods), next(mods)  # the GroupNorm precedes its conv in all_modules
+        return conv(self.act(norm(h)))
+
+    def _skip_sum(self, a: Tensor, b: Tensor) -> Tensor:
+        """a + b, divided by sqrt(2) with `skip_rescale` so the sum of two unit-variance maps stays unit-variance."""
+        out = a + b
+        return out.mul_(_INV_SQRT2) if self.skip_rescale else out
+
+
+DDPMPP_DEFAULTS = dict(fir=False, progressive_input="none", embedding_type="positional",
+                       scale_by_sigma=False, centered=True)
+
+
+@register_model(name="ddpmpp")
+class DDPMpp(NCSNpp):
+    """DDPM++: NCSN++ with the reference's CIFAR-10 VP defaults (no FIR, no input pyramid,
+    sinusoidal embedding of cond = 999 t, no sigma scaling, centred data). Any keyword overrides."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**{**DDPMPP_DEFAULTS, **kwargs})

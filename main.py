@@ -36,7 +36,7 @@ def main(argv):
 
     config, workdir = FLAGS.config, FLAGS.workdir or default_workdir()
     builders.validate_config(config)
-    builders.apply_threads(config)
+    builders.configure_runtime(config)
     os.makedirs(workdir, exist_ok=True)
     logging.get_absl_handler().use_absl_log_file("log", workdir)
     logging.set_stderrthreshold(logging.INFO)

@@ -206,7 +206,7 @@ class ReverseSDE:
         drift, g = self.forward_sde.sde(x, t)
         if score is None:
             score = self._score(x, t)
-        drift = drift - append_dims(self._c * g ** 2, x.ndim) * score
+        drift = torch.addcmul(drift, append_dims(-self._c * g ** 2, x.ndim), score)
         return drift, torch.zeros_like(g) if self.probability_flow else g
 
     def discretize(self, x: Tensor, t: Tensor, dt: Optional[Tensor] = None,
@@ -215,7 +215,7 @@ class ReverseSDE:
         f, G = self.forward_sde.discretize(x, t, dt)
         if score is None:
             score = self._score(x, t)
-        rev_f = f - append_dims(self._c * G ** 2, x.ndim) * score
+        rev_f = torch.addcmul(f, append_dims(-self._c * G ** 2, x.ndim), score)
         return rev_f, torch.zeros_like(G) if self.probability_flow else G
 
 

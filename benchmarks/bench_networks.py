@@ -20,6 +20,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import builders  # noqa: E402
 
 from models import ncsnpp  # noqa: E402  (registers "ncsnpp" and "ddpmpp")
 from models.registry import get_model  # noqa: E402
@@ -104,10 +105,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--channels-last", action="store_true", help="convert the conv weights to channels_last")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's allocator as it is (main.py tunes it: builders.keep_freed_memory)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+    malloc_tuned = False if args.default_malloc else builders.keep_freed_memory()
+    report = {"malloc_tuned": malloc_tuned, "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
               "machine": platform.machine(), "platform": platform.platform(), "processor": platform.processor(),
               "cpu_count": os.cpu_count(), "repeats": args.repeats, "channels_last": args.channels_last,
               "results": {name: bench_config(name, args.repeats, args.warmup, args.channels_last)

@@ -50,8 +50,8 @@ class Corrector(abc.ABC):
             grad = self.score_fn(x, t_net)
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             e = append_dims(self.step_size(grad, z, t).to(x.dtype), x.ndim)
-            x_mean = x + e * grad
-            x = x_mean + (2 * e).sqrt() * z
+            x_mean = torch.addcmul(x, e, grad)
+            x = torch.addcmul(x_mean, (2 * e).sqrt(), z)
         return x, x_mean
 
     @abc.abstractmethod

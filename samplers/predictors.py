@@ -58,10 +58,10 @@ class EulerMaruyamaPredictor(Predictor):
     def update(self, x, t, t_next, generator=None):
         dt = t_next - t
         drift, g = self.rsde.sde(x, t)
-        x_mean = x + drift * _bcast(dt, x)
+        x_mean = torch.addcmul(x, drift, _bcast(dt, x))
         if self.probability_flow:
             return x_mean, x_mean
-        return x_mean + _bcast(g * (-dt).sqrt(), x) * _noise(x, generator), x_mean
+        return torch.addcmul(x_mean, _bcast(g * (-dt).sqrt(), x), _noise(x, generator)), x_mean
 
 
 @register_predictor(name="reverse_diffusion")
@@ -76,7 +76,7 @@ class ReverseDiffusionPredictor(Predictor):
         x_mean = x - rev_f
         if self.probability_flow:
             return x_mean, x_mean
-        return x_mean + _bcast(G, x) * _noise(x, generator), x_mean
+        return torch.addcmul(x_mean, _bcast(G, x), _noise(x, generator)), x_mean
 
 
 @register_predictor(name="ancestral_sampling")
@@ -97,8 +97,8 @@ class AncestralSamplingPredictor(Predictor):
                              "use 'euler_maruyama' or 'reverse_diffusion' with probability_flow=True")
         a, b = self.sde.transition_coeffs(t, t_next)
         std = b * self.sde.marginal_coeffs(t_next)[1] / self.sde.marginal_coeffs(t)[1]
-        x_mean = (x + _bcast(b ** 2, x) * self.score_fn(x, t.to(x.dtype))) / _bcast(a, x)
-        return x_mean + _bcast(std, x) * _noise(x, generator), x_mean
+        x_mean = torch.addcmul(x, _bcast(b ** 2, x), self.score_fn(x, t.to(x.dtype))).div_(_bcast(a, x))
+        return torch.addcmul(x_mean, _bcast(std, x), _noise(x, generator)), x_mean
 
 
 @register_predictor(name="none")

@@ -9,8 +9,8 @@ import time
 import torch
 
 
-def median_time(fn, repeats: int, warmup: int = 1) -> float:
-    """Median wall time of fn() in seconds over `repeats` runs after `warmup` runs."""
+def timings(fn, repeats: int, warmup: int = 1) -> list:
+    """Wall times of fn() in seconds over `repeats` runs after `warmup` runs."""
     for _ in range(warmup):
         fn()
     times = []
@@ -18,7 +18,12 @@ def median_time(fn, repeats: int, warmup: int = 1) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    """Median of `timings`."""
+    return statistics.median(timings(fn, repeats, warmup))
 
 
 def machine() -> dict:

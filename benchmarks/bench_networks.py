@@ -15,14 +15,16 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import builders  # noqa: E402
 
-from models import ncsnpp  # noqa: E402  (registers "ncsnpp" and "ddpmpp")
+import losses  # noqa: E402
+import models  # noqa: E402
+import sde_lib  # noqa: E402
+from benchmarks._common import timings  # noqa: E402
 from models.registry import get_model  # noqa: E402
 
 SMALL = dict(nf=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
@@ -38,29 +40,11 @@ REFERENCE_S = {"ncsnpp_ve": {"train_step_b64": 3.54, "forward_b64": (0.73, 0.93)
                "ddpmpp_vp": {"train_step_b64": 1.49, "forward_b64": (0.55, 0.60)}}
 
 
-def dsm_loss(net: torch.nn.Module, x: torch.Tensor, ve: bool) -> torch.Tensor:
-    """VE: ||sigma s(x + sigma z, sigma) + z||^2, log sigma ~ U(log 0.01, log 50).
-    VP (beta 0.1..20): ||eps(a x + s z, 999 t) - z||^2, t ~ U(1e-3, 1). Summed over pixels, batch mean."""
-    z = torch.randn_like(x)
-    u = torch.rand(x.shape[0])
-    if ve:
-        sigma = 0.01 * (50 / 0.01) ** u
-        out = net(x + sigma[:, None, None, None] * z, sigma)
-        return ((sigma[:, None, None, None] * out + z) ** 2).flatten(1).sum(1).mean()
-    t = 1e-3 + (1 - 1e-3) * u
-    a = torch.exp(-0.25 * t ** 2 * (20 - 0.1) - 0.5 * t * 0.1)[:, None, None, None]
-    out = net(a * x + torch.sqrt(1 - a ** 2) * z, 999 * t)
-    return ((out - z) ** 2).flatten(1).sum(1).mean()
+SDES = {"ncsnpp_ve": sde_lib.VESDE(sigma_min=0.01, sigma_max=50.0), "ddpmpp_vp": sde_lib.VPSDE(beta_min=0.1, beta_max=20.0)}
 
 
-def median_time(fn, repeats: int, warmup: int) -> tuple:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+def median_and_all(fn, repeats: int, warmup: int) -> tuple:
+    times = timings(fn, repeats, warmup)
     return statistics.median(times), times
 
 
@@ -74,9 +58,14 @@ def bench_config(name: str, repeats: int, warmup: int, channels_last: bool = Fal
     shape = (kwargs["num_channels"], kwargs["image_size"], kwargs["image_size"])
     x_train = torch.rand(64, *shape)
 
+    sde = SDES[name]
+    # The continuous DSM loss, summed over pixels: VE scores from sigma, VP noise from 999 t.
+    loss_fn = losses.get_loss_fn(sde, reduce="sum", eps=1e-5 if name.endswith("_ve") else 1e-3)
+    score_fn = models.get_score_fn(sde, net)
+
     def train_step():
         opt.zero_grad(set_to_none=True)
-        dsm_loss(net, x_train, ve=name.endswith("_ve")).backward()
+        loss_fn(score_fn, x_train).backward()
         opt.step()
 
     def forward(batch: int):
@@ -86,10 +75,10 @@ def bench_config(name: str, repeats: int, warmup: int, channels_last: bool = Fal
             net(x, cond)
 
     net.train()
-    train_med, train_all = median_time(train_step, repeats, warmup)
+    train_med, train_all = median_and_all(train_step, repeats, warmup)
     net.eval()
-    fwd64, _ = median_time(lambda: forward(64), repeats, warmup)
-    fwd256, fwd256_all = median_time(lambda: forward(256), repeats, warmup)
+    fwd64, _ = median_and_all(lambda: forward(64), repeats, warmup)
+    fwd256, fwd256_all = median_and_all(lambda: forward(256), repeats, warmup)
     return {"model": model_name, "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
             "params": sum(p.numel() for p in net.parameters()),
             "train_step_b64_s": round(train_med, 4), "train_step_b64_all_s": [round(t, 4) for t in train_all],

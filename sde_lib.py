@@ -229,12 +229,12 @@ class VPSDE(SDE):
     alpha(t) = exp(-1/2 B(t)) with B(t) = int_0^t beta, sigma(t)^2 = 1 - alpha(t)^2; prior N(0, I).
 
     schedule="linear": beta(t) = beta_min + t (beta_max - beta_min); with N = 1000, beta_min = 0.1,
-      beta_max = 20 its discrete chain has DDPM's betas linspace(1e-4, 0.02, 1000).
+      beta_max = 20 (the default) its discrete chain has DDPM's betas linspace(1e-4, 0.02, 1000).
     schedule="cosine" (Nichol & Dhariwal 2021): alpha(t)^2 = c(t) / c(0) with
       c(t) = cos^2(pi/2 (t + s) / (1 + s)), s = cosine_s, so beta(t) = pi/(1+s) tan(pi/2 (t+s)/(1+s)).
       beta grows without bound near t = 1, so the SDE ends at the T where beta(T) = beta_max
-      (T ~ 0.996 for beta_max = 999, where alpha(T)^2 ~ 1e-5): the continuous analogue of
-      clipping DDPM's betas at 0.999.
+      (default 999: T ~ 0.996, where alpha(T)^2 ~ 1e-5): the continuous analogue of clipping
+      DDPM's betas at 0.999.
 
     `sampling_eps` = 1e-3: samplers stop at t = 1e-3, where sigma ~ 1e-2 for the linear schedule.
     """
@@ -243,13 +243,13 @@ class VPSDE(SDE):
     conditioning = "time"
     parametrization = "eps"
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000,
+    def __init__(self, beta_min: float = 0.1, beta_max: Optional[float] = None, N: int = 1000,
                  schedule: str = "linear", cosine_s: float = 0.008):
         super().__init__(N)
         if schedule not in ("linear", "cosine"):
             raise ValueError(f"schedule must be 'linear' or 'cosine', got {schedule!r}")
-        if schedule == "cosine" and beta_max == 20.0:
-            beta_max = 999.0  # the default cap for cosine: see the class docstring
+        if beta_max is None:  # linear: beta(1); cosine: where the schedule is cut (class docstring)
+            beta_max = 20.0 if schedule == "linear" else 999.0
         if not 0 <= beta_min < beta_max:
             raise ValueError(f"need 0 <= beta_min < beta_max, got beta_min={beta_min}, beta_max={beta_max}")
         if cosine_s <= 0:

@@ -19,7 +19,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     sde.name = "vpsde"            # vpsde | subvpsde | vesde
     sde.N = 1000
     sde.beta_min = 0.1
-    sde.beta_max = 20.0
+    sde.beta_max = 20.0           # with schedule="cosine", set 999.0: where the cosine schedule is cut
     sde.schedule = "linear"       # linear | cosine (VP-type)
     sde.sigma_min = 0.01
     sde.sigma_max = 50.0

@@ -34,11 +34,11 @@ def quality_fn(config) -> Optional[Callable[[torch.Tensor], Dict[str, float]]]:
     reference = sample_quality.FeatureStats.load(config.eval.stats_path)
 
     def measure(samples_uint8: torch.Tensor) -> Dict[str, float]:
-        n = len(samples_uint8)
+        # KID subsets cannot be larger than either set of features.
+        n_ref = len(reference.features) if reference.features is not None else len(samples_uint8)
+        subset = min(1000, len(samples_uint8), n_ref)
         return sample_quality.quality_report(extractor, batches(samples_uint8), reference,
-                                             kid_subset_size=min(1000, n, len(reference.features)
-                                                                 if reference.features is not None else n),
-                                             seed=config.seed)
+                                             kid_subset_size=subset, seed=config.seed)
 
     return measure
 

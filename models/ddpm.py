@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from models import layers
 from models.embeddings import sinusoidal_embedding
-from models.ncsnpp import check_unet_args
+from models.ncsnpp import check_unet_args, check_unet_inputs
 from models.registry import register_model
 from sde_lib import append_dims
 
@@ -92,11 +92,7 @@ class DDPM(nn.Module):
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         """x [B, C, H, W], cond [B] -> [B, C, H, W]."""
-        want = (self.num_channels, self.image_size, self.image_size)
-        if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(f"x must have shape [B, {want[0]}, {want[1]}, {want[2]}], got {tuple(x.shape)}")
-        if cond.shape != (x.shape[0],):
-            raise ValueError(f"cond must have shape [B] = [{x.shape[0]}], got {tuple(cond.shape)}")
+        check_unet_inputs(x, cond, self.num_channels, self.image_size)
         mods = iter(self.all_modules)
         temb = next(mods)(sinusoidal_embedding(cond, self.nf))
         temb = next(mods)(self.act(temb))

@@ -54,6 +54,15 @@ def check_unet_args(nf: int, ch_mult: Sequence[int], num_res_blocks: int, image_
         raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
 
 
+def check_unet_inputs(x: Tensor, cond: Tensor, num_channels: int, image_size: int) -> None:
+    """Raise ValueError unless x is [B, num_channels, image_size, image_size] and cond is [B]."""
+    want = (num_channels, image_size, image_size)
+    if x.ndim != 4 or tuple(x.shape[1:]) != want:
+        raise ValueError(f"x must have shape [B, {want[0]}, {want[1]}, {want[2]}], got {tuple(x.shape)}")
+    if cond.shape != (x.shape[0],):
+        raise ValueError(f"cond must have shape [B] = [{x.shape[0]}], got {tuple(cond.shape)}")
+
+
 def _check_group_norm_channels(nf: int, ch_mult: Sequence[int], cat: bool) -> None:
     """GroupNorm splits C channels into min(C // 4, 32) groups, which must divide C."""
     for c in {nf * m * k for m in ch_mult for k in ((1, 2) if cat else (1,))}:
@@ -213,7 +222,7 @@ class NCSNpp(nn.Module):
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         """x [B, C, H, W], cond [B] (sigma for VE, a time label such as 999 t for VP) -> [B, C, H, W]."""
-        self._check_inputs(x, cond)
+        check_unet_inputs(x, cond, self.num_channels, self.image_size)
         mods = iter(self.all_modules)
         temb = self._embed(cond, mods)
         if not self.centered:
@@ -227,12 +236,6 @@ class NCSNpp(nn.Module):
             h = h / append_dims(cond.to(h.dtype), h.ndim)
         return h
 
-    def _check_inputs(self, x: Tensor, cond: Tensor) -> None:
-        want = (self.num_channels, self.image_size, self.image_size)
-        if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(f"x must have shape [B, {want[0]}, {want[1]}, {want[2]}], got {tuple(x.shape)}")
-        if cond.shape != (x.shape[0],):
-            raise ValueError(f"cond must have shape [B] = [{x.shape[0]}], got {tuple(cond.shape)}")
 
     def _embed(self, cond: Tensor, mods: Iterator[nn.Module]) -> Tensor | None:
         if self.embedding_type == "fourier":

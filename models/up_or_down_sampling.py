@@ -68,7 +68,7 @@ def upsample_2d(x: torch.Tensor, k1d: torch.Tensor, factor: int = 2, gain: float
     n, c, h, w_ = x.shape
     kk = k1d.numel()
     p = kk - factor
-    pad0, pad1 = (p + 1) // 2 + factor - 1, p // 2
+    pad0 = (p + 1) // 2 + factor - 1
     crop_left = kk - 1 - pad0
     w = _depthwise_filter(k1d, c, gain * factor ** 2, x.dtype)
     y = F.conv_transpose2d(x, w, stride=factor, padding=crop_left, groups=c)

@@ -1,12 +1,13 @@
 """A name -> class registry: `@REGISTRY.register(name=...)` on a class, `REGISTRY.get(name)` to build one."""
 from __future__ import annotations
 
-from typing import Dict, List, Type
+from typing import List, Type
 
 
 class Registry:
     def __init__(self, kind: str):
-        self.kind, self._classes = kind, {}  # type: str, Dict[str, Type]
+        self.kind = kind
+        self._classes: dict = {}
 
     def register(self, name: str):
         """Class decorator adding the class under `name`."""

@@ -1,6 +1,4 @@
 """PC and ODE samplers against a 2-D Gaussian mixture with its exact score."""
-import math
-
 import pytest
 import torch
 

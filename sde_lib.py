@@ -160,8 +160,12 @@ class SDE(abc.ABC):
 
         This is DDPM's alpha_i = 1 - beta_i for VP-type SDEs and 1 for VE, as in Song et al. 2021.
         """
-        s = (t - self.step_size()).clamp_min(0)
+        s = self._previous_time(t)
         return (2 * (self._log_alpha(t) - self._log_alpha(s))).exp()
+
+    def _previous_time(self, t: Tensor) -> Tensor:
+        """t - T/N, clamped at 0: the time one step of the classic chain before t."""
+        return (t - self.step_size()).clamp_min(0)
 
     def discrete_index(self, t: Tensor) -> Tensor:
         """The index i in {0..N-1} of the classic discrete chain nearest to t: round(t / T (N - 1))."""
@@ -282,16 +286,40 @@ class VPSDE(SDE):
     def integrated_beta(self, t: Tensor) -> Tensor:
         """B(t) = int_0^t beta(u) du = -log alpha(t)^2."""
         if self.schedule == "linear":
-            return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t ** 2
-        c0 = math.cos(math.pi / 2 * self.cosine_s / (1 + self.cosine_s)) ** 2
-        return -2 * torch.log(torch.cos(self._cosine_phase(t))) + math.log(c0)
+            return t * (self.beta_min + 0.5 * (self.beta_max - self.beta_min) * t)
+        # log(c(t) / c(0)) as the log of a ratio, so that B(0) is exactly 0 (not -1e-17, which
+        # would make sigma(0) = sqrt(1 - e^-B) NaN).
+        return -2 * torch.log(torch.cos(self._cosine_phase(t)) / math.cos(self._cosine_phase(0.0)))
 
     def _log_alpha(self, t):
         return -0.5 * self.integrated_beta(t)
 
     def _sigma(self, t):
-        # sqrt(1 - exp(-B)) written with expm1 so that small t keeps its digits.
-        return (-torch.expm1(-self.integrated_beta(t))).sqrt()
+        return self._sigma_of(self.integrated_beta(t))
+
+    @staticmethod
+    def _sigma_of(B: Tensor) -> Tensor:
+        """sigma = sqrt(1 - exp(-B)), with expm1 so that small t keeps its digits."""
+        return (-torch.expm1(-B)).sqrt()
+
+    @staticmethod
+    def _transition_var(dB: Tensor, B_sum: Tensor) -> Tensor:
+        """b^2 = sigma(t)^2 - a^2 sigma(s)^2 = 1 - exp(-dB), dB = B(t) - B(s), B_sum = B(t) + B(s)."""
+        return -torch.expm1(-dB)
+
+    # The closed forms below give the same values as the generic SDE methods from one
+    # evaluation of B per time, and b without the cancellation of sigma(t)^2 - a^2 sigma(s)^2.
+    def marginal_coeffs(self, t):
+        B = self.integrated_beta(t)
+        return (-0.5 * B).exp(), self._sigma_of(B)
+
+    def transition_coeffs(self, t, s):
+        B_t, B_s = self.integrated_beta(t), self.integrated_beta(s)
+        dB = B_t - B_s
+        return (-0.5 * dB).exp(), self._transition_var(dB, B_t + B_s).clamp_min(0).sqrt()
+
+    def langevin_alpha(self, t):
+        return (self.integrated_beta(self._previous_time(t)) - self.integrated_beta(t)).exp()
 
     def _f(self, t):
         return -0.5 * self.beta(t)
@@ -331,8 +359,15 @@ class subVPSDE(VPSDE):
     Same schedules and arguments as `VPSDE`.
     """
 
-    def _sigma(self, t):
-        return -torch.expm1(-self.integrated_beta(t))
+    @staticmethod
+    def _sigma_of(B: Tensor) -> Tensor:
+        """sigma = 1 - exp(-B)."""
+        return -torch.expm1(-B)
+
+    @staticmethod
+    def _transition_var(dB: Tensor, B_sum: Tensor) -> Tensor:
+        """b^2 = (1 - e^-B(t))^2 - e^-dB (1 - e^-B(s))^2, which factors as (1 - e^-dB)(1 - e^-(B(t) + B(s)))."""
+        return torch.expm1(-dB) * torch.expm1(-B_sum)
 
     def _g2(self, t):
         return self.beta(t) * -torch.expm1(-2 * self.integrated_beta(t))
@@ -382,6 +417,18 @@ class VESDE(SDE):
 
     def _g2(self, t):
         return self._sigma(t) ** 2 * (2 * self._log_ratio)
+
+    # Closed forms: a = 1, and b^2 = sigma(t)^2 - sigma(s)^2 = sigma(t)^2 (1 - (sigma(s)/sigma(t))^2)
+    # written with expm1, exact for small steps where the difference would cancel.
+    def marginal_coeffs(self, t):
+        return torch.ones_like(t), self._sigma(t)
+
+    def transition_coeffs(self, t, s):
+        b = (-torch.expm1((s - t) * (2 * self._log_ratio))).clamp_min(0).sqrt() * self._sigma(t)
+        return torch.ones_like(t), b
+
+    def langevin_alpha(self, t):
+        return torch.ones_like(t)
 
     @property
     def discrete_sigmas(self) -> Tensor:

@@ -7,6 +7,7 @@ or the noise level (annealed Langevin dynamics).
 from __future__ import annotations
 
 import abc
+import math
 
 import torch
 
@@ -83,13 +84,12 @@ class LangevinCorrector(Corrector):
         self.norm = norm
 
     def step_size(self, grad, z, t):
-        g_norm = _norm(grad).double()
         if self.norm == "batch":
-            z_norm, g_norm = _norm(z).double().mean(), g_norm.mean()
+            z_norm, g_norm = _norm(z).mean(dtype=torch.float64), _norm(grad).mean(dtype=torch.float64)
         else:
-            z_norm = torch.tensor(z[0].numel(), dtype=torch.float64).sqrt()
-        ratio = self.snr * z_norm / g_norm.clamp_min(torch.finfo(torch.float64).tiny)
-        return 2 * self.sde.langevin_alpha(t) * ratio ** 2
+            z_norm, g_norm = math.sqrt(z[0].numel()), _norm(grad).double()
+        ratio = z_norm / g_norm.clamp_min(torch.finfo(torch.float64).tiny)
+        return (2 * self.snr ** 2) * self.sde.langevin_alpha(t) * ratio ** 2
 
 
 @register_corrector(name="ald")

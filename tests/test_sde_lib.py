@@ -82,6 +82,26 @@ def test_transitions_compose(sde):
     assert torch.allclose(a0, alpha) and torch.allclose(b0 ** 2, sigma ** 2 - (alpha * sde.marginal_coeffs(torch.zeros(1, dtype=torch.float64))[1]) ** 2)
 
 
+@pytest.mark.parametrize("sde", [sde_lib.VPSDE(), sde_lib.VPSDE(schedule="cosine"), sde_lib.subVPSDE(),
+                                 sde_lib.subVPSDE(schedule="cosine"), sde_lib.VESDE()],
+                         ids=["vp", "vp-cosine", "subvp", "subvp-cosine", "ve"])
+def test_closed_form_coefficients(sde):
+    """Each SDE's own marginal/transition/Langevin coefficients equal the generic formulas from
+    log alpha and sigma, and keep their digits for tiny steps, where sigma(t)^2 - a^2 sigma(s)^2
+    cancels: b^2 / dt there must approach the diffusion g(t)^2."""
+    t = torch.linspace(0.01, 0.99, 50, dtype=torch.float64) * sde.T
+    s = t * torch.linspace(0.0, 0.95, 50, dtype=torch.float64)
+    generic = sde_lib.SDE
+    for got, want in [(sde.marginal_coeffs(t), generic.marginal_coeffs(sde, t)),
+                      (sde.transition_coeffs(t, s), generic.transition_coeffs(sde, t, s)),
+                      ((sde.langevin_alpha(t),), (generic.langevin_alpha(sde, t),))]:
+        for g, w in zip(got, want):
+            assert torch.allclose(g, w, rtol=1e-12, atol=0)
+    dt = 1e-9
+    b = sde.transition_coeffs(t, t - dt)[1]
+    assert torch.allclose(b ** 2 / dt, sde.diffusion(t) ** 2, rtol=1e-6)
+
+
 def test_vp_discrete_chain_is_ddpm():
     sde = sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, N=1000)
     assert torch.allclose(sde.discrete_betas, torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), rtol=1e-12)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import inspect
+import os
 from typing import Callable, Tuple
 
 import ml_collections
@@ -157,6 +158,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _one_of(config, "eval.divergence", ("exact", "rademacher", "gaussian"))
     build_loss(config, sde)
     build_model(config)
+    weights = config.eval.weights_path
+    _require(not weights or os.path.isfile(weights), "eval.weights_path", weights,
+             "must name an existing file written by --mode export, or be '' to use the workdir's checkpoints")
     if config.data.kind == "points":
         import toy_data
         _one_of(config, "data.name", toy_data.DATASETS)

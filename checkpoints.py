@@ -40,19 +40,26 @@ def save_checkpoint(ckpt_dir: str, step: int, state: dict, keep: int) -> str:
     renamed into place: a crash leaves either the old set of checkpoints or the new one, never a
     half-written file under a checkpoint's name. An existing checkpoint is never overwritten.
     """
-    os.makedirs(ckpt_dir, exist_ok=True)
-    path = checkpoint_path(ckpt_dir, step)
+    path = atomic_save(state, checkpoint_path(ckpt_dir, step))
+    for _, old in list_checkpoints(ckpt_dir)[keep:]:
+        os.remove(old)
+    return path
+
+
+def atomic_save(state: dict, path: str) -> str:
+    """torch.save(state) to path through a flushed temporary file renamed into place; an existing
+    file is never overwritten (FileExistsError)."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
     if os.path.exists(path):
-        raise FileExistsError(f"checkpoint {path} exists already; checkpoints are never overwritten")
+        raise FileExistsError(f"{path} exists already; checkpoints are never overwritten")
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(ckpt_dir)
-    for _, old in list_checkpoints(ckpt_dir)[keep:]:
-        os.remove(old)
+    _fsync_dir(folder)
     return path
 
 

@@ -1,6 +1,7 @@
 """The data a run trains and evaluates on, behind one small interface for points and images."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Dict, Optional, Tuple
 
@@ -55,19 +56,38 @@ class PointData:
 
 
 class ImageData:
-    """Images from image_data.load_split, scaled to [-1, 1] (config.data.centered) or [0, 1]."""
+    """Images from image_data.load_split, scaled to [-1, 1] (config.data.centered) or [0, 1].
+
+    Each split is read on first use, so that sampling from trained weights needs no data files.
+    """
 
     kind = "images"
 
     def __init__(self, config):
         d = config.data
-        kw = dict(root=d.root or None, image_size=d.image_size, num_channels=d.num_channels, pad_to=d.pad_to or None)
-        self.train_uint8, self.train_labels = image_data.load_split(d.name, split="train", **kw)
-        self.test_uint8, self.test_labels = image_data.load_split(d.name, split="test", **kw)
         self.centered, self.random_flip = d.centered, d.random_flip
         self.scaler, self.inverse_scaler = image_data.get_scaler(d.centered), image_data.get_inverse_scaler(d.centered)
-        self.test = self.scaler(image_data.to_unit_interval(self.test_uint8))
         self.true_density, self.config, self._quality_fn = None, config, None
+        self._splits: Dict[str, Tuple[Tensor, Tensor]] = {}
+
+    def _split(self, split: str) -> Tuple[Tensor, Tensor]:
+        """(uint8 images [N, C, H, W], labels [N]) of "train" or "test", read once."""
+        if split not in self._splits:
+            d = self.config.data
+            self._splits[split] = image_data.load_split(
+                d.name, split=split, root=d.root or None, image_size=d.image_size,
+                num_channels=d.num_channels, pad_to=d.pad_to or None)
+        return self._splits[split]
+
+    train_uint8 = property(lambda self: self._split("train")[0])
+    train_labels = property(lambda self: self._split("train")[1])
+    test_uint8 = property(lambda self: self._split("test")[0])
+    test_labels = property(lambda self: self._split("test")[1])
+
+    @functools.cached_property
+    def test(self) -> Tensor:
+        """The test images in model space."""
+        return self.scaler(image_data.to_unit_interval(self.test_uint8))
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Tensor:
         idx = torch.randint(0, len(self.train_uint8), (batch_size,), generator=generator)
@@ -77,7 +97,8 @@ class ImageData:
         return self.scaler(image_data.to_unit_interval(images))
 
     def sample_shape(self, n: int) -> tuple:
-        return (n,) + tuple(self.train_uint8.shape[1:])
+        d = self.config.data  # load_split returns images of exactly this shape
+        return (n, d.num_channels, d.image_size, d.image_size)
 
     def to_uint8(self, x: Tensor) -> Tensor:
         """Model-space samples -> uint8 images."""

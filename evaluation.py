@@ -20,18 +20,37 @@ from models import checkpoint_convert
 
 
 def load_ema_model(config, workdir: str):
-    """(network with the EMA weights of the newest readable checkpoint, its step). A checkpoint of
-    the reference implementation (checkpoint_<step>.pth) placed in <workdir>/checkpoints loads too."""
+    """(network with the EMA weights of the newest readable checkpoint, its step).
+
+    With config.eval.weights_path set, the weights come from that file (written by `export`)
+    instead. A checkpoint of the reference implementation (checkpoint_<step>.pth) placed in
+    <workdir>/checkpoints loads too.
+    """
+    torch.manual_seed(config.seed)
+    model = builders.build_model(config)
+    if config.eval.weights_path:
+        state = checkpoints.load_checkpoint(config.eval.weights_path)
+        checkpoint_convert.load_reference_state_dict(model, state["model"])
+        return model.eval(), int(state["step"])
     latest = checkpoints.load_latest(os.path.join(workdir, "checkpoints"))
     if latest is None:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: "
                                 f"train first (python main.py --mode train --workdir {workdir})")
     step, state = latest
-    torch.manual_seed(config.seed)
-    model = builders.build_model(config)
     # Our checkpoints and score_sde_pytorch's share this layout ("module."-prefixed keys there).
     checkpoint_convert.load_reference_checkpoint(model, state, use_ema=True)
     return model.eval(), step
+
+
+def export(config, workdir: str) -> str:
+    """Write the newest checkpoint's EMA weights alone, {"model": state dict, "step"}, to
+    <workdir>/export/ema_step<step>.pt: a fraction of a checkpoint's size (no optimizer state,
+    no raw weights), for sampling and evaluation through config.eval.weights_path."""
+    model, step = load_ema_model(config, workdir)
+    path = os.path.join(workdir, "export", f"ema_step{step}.pt")
+    checkpoints.atomic_save({"model": model.state_dict(), "step": step}, path)
+    logging.info("wrote %s (%.1f MB)", path, os.path.getsize(path) / 2 ** 20)
+    return path
 
 
 class BatchLog:

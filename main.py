@@ -16,8 +16,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Configuration file (override keys with --config.a.b=v).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run folder (default: workdirs/<config file name>).")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "classifier", "stats"],
-                  "What to run: train, eval, sample; for image data, 'classifier' trains the feature "
+flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "export", "classifier", "stats"],
+                  "What to run: train, eval, sample; export writes the EMA weights alone for config.eval.weights_path; for image data, 'classifier' trains the feature "
                   "classifier into config.eval.feature_path and 'stats' saves the training images' "
                   "feature statistics to config.eval.stats_path.")
 flags.DEFINE_string("eval_folder", "eval", "Folder under the workdir for evaluation and sampling outputs.")
@@ -46,6 +46,8 @@ def main(argv):
         evaluation.evaluate(config, workdir, FLAGS.eval_folder)
     elif FLAGS.mode == "sample":
         evaluation.sample(config, workdir, FLAGS.eval_folder)
+    elif FLAGS.mode == "export":
+        evaluation.export(config, workdir)
     else:
         import data_lib
         import features

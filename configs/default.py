@@ -85,4 +85,5 @@ def get_default_config() -> ml_collections.ConfigDict:
     evaluate.nll_atol = 1e-5
     evaluate.nll_eps = 1e-5
     evaluate.n_samples = 2000
+    evaluate.weights_path = ""    # EMA weights from --mode export; eval and sample use them, not the workdir's checkpoints
     return config

@@ -75,3 +75,19 @@ def test_image_run_end_to_end(tiny_fashion, tmp_path, config):
     assert fid and res[fid[0]] > 0
     state = torch.load(workdir / "checkpoints" / "checkpoint_6.pt", weights_only=True)
     assert state["step"] == 6
+    # The EMA weights alone, exported, sample exactly as the checkpoint does, with no data files.
+    run("export", config, args)
+    weights = workdir / "export" / "ema_step6.pt"
+    assert weights.stat().st_size < (workdir / "checkpoints" / "checkpoint_6.pt").stat().st_size / 2
+    run("sample", config, args + ["--eval_folder=from_checkpoint"])
+    no_data = [a for a in args if not a.startswith("--config.data.root")] + [f"--config.data.root={tmp_path}/absent"]
+    run("sample", config, no_data + ["--eval_folder=from_export", f"--config.eval.weights_path={weights}"])
+    a, b = (np.load(workdir / d / "samples_pc_ckpt6.npz")["samples"] for d in ("from_checkpoint", "from_export"))
+    assert a.shape == (8, 1, 8, 8) and np.array_equal(a, b)
+
+
+def test_weights_path_must_exist(tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--mode=sample", f"--config={ROOT}/configs/fashionmnist_vp_ddpmpp.py",
+           f"--workdir={tmp_path}", f"--config.eval.weights_path={tmp_path}/nothing.pt"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode != 0 and "config.eval.weights_path" in r.stderr and "nothing.pt" in r.stderr

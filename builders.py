@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import inspect
 import os
+import re
 from typing import Callable, Tuple
 
 import ml_collections
@@ -94,17 +95,35 @@ def build_loss(config, sde: sde_lib.SDE) -> Callable:
 
 
 def build_sampler(config, sde: sde_lib.SDE) -> Callable[..., Tuple[Tensor, int]]:
-    """sample(score_fn, shape, seed) -> (x, nfe) with the configured sampler."""
-    s = config.sampling
+    """sample(score_fn, shape, seed) -> (x, nfe) with the configured sampler, on config.device
+    (the seed drives a generator on that device: the same seed gives other samples on another)."""
+    s, device = config.sampling, get_device(config)
     if s.method == "ode":
         def sample(score_fn, shape, seed):
-            return samplers.ode_sample(sde, score_fn, shape, rtol=s.rtol, atol=s.atol, eps=s.eps,
-                                       method=s.ode_method, steps=s.ode_steps, denoise=s.denoise, seed=seed)
+            return samplers.ode_sample(sde, score_fn, shape, rtol=s.rtol, atol=s.atol, eps=s.eps, method=s.ode_method,
+                                       steps=s.ode_steps, denoise=s.denoise, seed=seed, device=device)
     else:
         def sample(score_fn, shape, seed):
-            return samplers.pc_sample(sde, score_fn, shape, predictor=s.predictor, corrector=s.corrector,
-                                      snr=s.snr, n_steps=s.n_steps, N=s.N, eps=s.eps, denoise=s.denoise, seed=seed)
+            return samplers.pc_sample(sde, score_fn, shape, predictor=s.predictor, corrector=s.corrector, snr=s.snr,
+                                      n_steps=s.n_steps, N=s.N, eps=s.eps, denoise=s.denoise, seed=seed,
+                                      device=device)
     return sample
+
+
+def get_device(config) -> torch.device:
+    """config.device as a torch.device: "auto" is CUDA when available, else the CPU."""
+    name = config.device
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ok = isinstance(name, str) and re.fullmatch(r"cpu|cuda(:\d+)?", name) is not None
+    _require(ok, "device", name, 'must be "auto", "cpu", "cuda" or "cuda:<index>"')
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count()
+        index = int(name.split(":")[1]) if ":" in name else 0
+        _require(index < count, "device", name,
+                 f"this machine has {count} CUDA device(s){'' if count else ' (or this torch build has no CUDA)'}; "
+                 'use "cpu" or "auto"')
+    return torch.device(name)
 
 
 def configure_runtime(config) -> None:
@@ -136,6 +155,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """Every check that can fail before training or evaluation starts."""
     _one_of(config, "data.kind", ("points", "images"))
     _positive(config, "num_threads", integer=True, allow_zero=True)
+    get_device(config)
     for key in ("training.batch_size", "training.n_iters", "training.log_freq",
                 "training.snapshot_freq", "training.checkpoint_freq", "training.keep_checkpoints",
                 "sampling.N", "sampling.n_steps", "sampling.n_samples", "sampling.batch_size",

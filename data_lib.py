@@ -45,14 +45,14 @@ class PointData:
         """-log p_data(x) per point where the density is known, else None."""
         return None if self.true_density is None else -self.true_density.log_prob(x.double())
 
-    def nll(self, sde, score_fn, start: int, stop: int, e, seed: int) -> Tuple[Tensor, Tensor, int]:
-        """(NLL in nats [B], bits/dim [B], nfe) of test points start:stop. The data are
-        continuous, so bits/dim = nats / (D ln 2), with no dequantization."""
-        x = self.test[start:stop]
+    def nll(self, sde, score_fn, start: int, stop: int, e, seed: int, device=None) -> Tuple[Tensor, Tensor, int]:
+        """(NLL in nats [B], bits/dim [B], nfe) of test points start:stop, computed on `device`. The
+        data are continuous, so bits/dim = nats / (D ln 2), with no dequantization."""
+        x = self.test[start:stop].to(device)
         logp, _, nfe = likelihood.log_likelihood(sde, score_fn, x, divergence=e.divergence, n_probes=e.n_probes,
                                                  rtol=e.nll_rtol, atol=e.nll_atol, eps=e.nll_eps, seed=seed)
         nats = -logp.double()
-        return nats, nats / (x[0].numel() * math.log(2)), nfe
+        return nats.cpu(), nats.cpu() / (x[0].numel() * math.log(2)), nfe
 
 
 class ImageData:
@@ -119,13 +119,13 @@ class ImageData:
     def true_nll_nats(self, x: Tensor) -> Optional[Tensor]:
         return None
 
-    def nll(self, sde, score_fn, start: int, stop: int, e, seed: int) -> Tuple[Tensor, Tensor, int]:
-        """(NLL in nats [B], bits/dim [B], nfe) of test images start:stop, uniformly dequantized."""
-        k = self.test_uint8[start:stop]
+    def nll(self, sde, score_fn, start: int, stop: int, e, seed: int, device=None) -> Tuple[Tensor, Tensor, int]:
+        """(NLL in nats [B], bits/dim [B], nfe) of test images start:stop, uniformly dequantized, on `device`."""
+        k = self.test_uint8[start:stop].to(device)
         bpd, _, nfe = likelihood.bits_per_dim(sde, score_fn, k, centered=self.centered, seed=seed,
                                               divergence=e.divergence, n_probes=e.n_probes,
                                               rtol=e.nll_rtol, atol=e.nll_atol, eps=e.nll_eps)
-        bpd = bpd.double()
+        bpd = bpd.double().cpu()
         return bpd * (k[0].numel() * math.log(2)), bpd, nfe
 
 

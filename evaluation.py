@@ -20,7 +20,7 @@ from models import checkpoint_convert
 
 
 def load_ema_model(config, workdir: str):
-    """(network with the EMA weights of the newest readable checkpoint, its step).
+    """(network on the CPU with the EMA weights of the newest readable checkpoint, its step).
 
     With config.eval.weights_path set, the weights come from that file (written by `export`)
     instead. A checkpoint of the reference implementation (checkpoint_<step>.pth) placed in
@@ -82,9 +82,9 @@ def heldout_loss(config, sde, model, data) -> float:
     loss_fn = builders.build_loss(config, sde)
     score_fn = models.get_score_fn(sde, model, continuous=config.training.continuous)
     g = torch.Generator().manual_seed(config.seed + 2)
-    bs = config.eval.batch_size
+    bs, device = config.eval.batch_size, builders.get_device(config)
     with torch.no_grad():
-        vals = [loss_fn(score_fn, data.test[i:i + bs], g).item() * len(data.test[i:i + bs])
+        vals = [loss_fn(score_fn, data.test[i:i + bs].to(device), g).item() * len(data.test[i:i + bs])
                 for i in range(0, len(data.test), bs)]
     return sum(vals) / len(data.test)
 
@@ -100,7 +100,7 @@ def heldout_nll(config, sde, model, data, out_dir: str, ckpt_step: int) -> Dict[
         if b in log.done:
             continue
         stop = min(i + e.batch_size, n_total)
-        nats, bpd, nfe = data.nll(sde, score_fn, i, stop, e, seed=config.seed + b)
+        nats, bpd, nfe = data.nll(sde, score_fn, i, stop, e, seed=config.seed + b, device=builders.get_device(config))
         true = data.true_nll_nats(data.test[i:stop])
         log.add({"batch": b, "n": stop - i, "nll_sum": float(nats.sum()), "bpd_sum": float(bpd.sum()), "nfe": nfe,
                  "true_nll_sum": None if true is None else float(true.sum())})
@@ -138,6 +138,7 @@ def evaluate(config, workdir: str, eval_folder: str = "eval") -> Dict[str, float
     builders.validate_config(config)
     sde, data = builders.build_sde(config), data_lib.load(config)
     model, ckpt_step = load_ema_model(config, workdir)
+    model.to(builders.get_device(config))
     out_dir = os.path.join(workdir, eval_folder)
     os.makedirs(out_dir, exist_ok=True)
     results: Dict[str, float] = {"checkpoint_step": ckpt_step}
@@ -160,6 +161,7 @@ def sample(config, workdir: str, eval_folder: str = "eval") -> str:
     builders.validate_config(config)
     sde, data = builders.build_sde(config), data_lib.load(config)
     model, ckpt_step = load_ema_model(config, workdir)
+    model.to(builders.get_device(config))
     out_dir = os.path.join(workdir, eval_folder)
     os.makedirs(out_dir, exist_ok=True)
     x = draw_samples(config, sde, model, data, out_dir, ckpt_step, config.sampling.n_samples)

@@ -10,6 +10,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from typing import Optional
 
@@ -27,20 +29,29 @@ class TrainState:
     """Model, EMA, optimizer, step and RNG states: everything a run needs to continue exactly."""
 
     def __init__(self, config):
-        torch.manual_seed(config.seed)
-        self.model = builders.build_model(config)
+        torch.manual_seed(config.seed)  # seeds CUDA's generators too
+        self.device = builders.get_device(config)
+        # Built on the CPU, then moved: the same seed gives the same initial weights on every device.
+        self.model = builders.build_model(config).to(self.device)
         self.ema = models.ExponentialMovingAverage(self.model.parameters(), decay=config.model.ema_rate)
         o = config.optim
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.lr, betas=(o.beta1, 0.999), eps=o.eps,
                                           weight_decay=o.weight_decay)
         self.step = 0
-        self.generator = torch.Generator().manual_seed(config.seed + 1)  # batches, times, noise
+        # Batches, times and noise come from this CPU generator on every device, so a run's data
+        # stream does not depend on where it trains; dropout draws from the device's own RNG.
+        self.generator = torch.Generator().manual_seed(config.seed + 1)
+
+    def rng_state(self) -> dict:
+        state = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
 
     def state_dict(self, config) -> dict:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "step": self.step,
-                "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
-                "config": config.to_json()}
+                "rng": self.rng_state(), "config": config.to_json()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -49,6 +60,8 @@ class TrainState:
         self.step = int(state["step"])
         self.generator.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
 
 
 def _lr(config, step: int) -> float:
@@ -93,14 +106,13 @@ def snapshot(state: TrainState, config, sde, data, workdir: str) -> str:
     state.ema.store(params)
     state.ema.copy_to(params)
     state.model.eval()
-    rng = torch.get_rng_state()
+    devices = [state.device] if state.device.type == "cuda" else []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
             score_fn = models.get_score_fn(sde, state.model, continuous=config.training.continuous)
             x, nfe = builders.build_sampler(config, sde)(score_fn, data.sample_shape(config.sampling.n_samples),
                                                          seed=config.seed + state.step)
     finally:
-        torch.set_rng_state(rng)
         state.model.train()
         state.ema.restore(params)
     path = os.path.join(workdir, "samples", f"samples_{state.step}.png")
@@ -151,9 +163,52 @@ def train(config, workdir: str, max_steps: Optional[int] = None) -> TrainState:
     end = t.n_iters if max_steps is None else min(t.n_iters, state.step + max_steps)
     state.model.train()
     bar = tqdm(total=t.n_iters, initial=state.step, desc="train", dynamic_ncols=True)
+    with StopRequest() as stop:
+        try:
+            _loop(state, config, sde, data, loss_fn, score_fn, metrics, workdir, end, bar, stop)
+        finally:
+            bar.close()
+    if stop.signum is not None:
+        if state.step and not os.path.exists(checkpoints.checkpoint_path(ckpt_dir, state.step)):
+            checkpoints.save_checkpoint(ckpt_dir, state.step, state.state_dict(config), t.keep_checkpoints)
+        name = signal.Signals(stop.signum).name
+        logging.info("%s: stopped after step %d, which is saved in %s", name, state.step, ckpt_dir)
+        raise KeyboardInterrupt(f"{name}: training stopped after step {state.step}, saved in {ckpt_dir}")
+    return state
+
+
+class StopRequest:
+    """While active, SIGINT (Ctrl-C) and SIGTERM (`kill`, `timeout`, a scheduler's pre-emption)
+    only set `signum`: the loop finishes the step in progress, and `train` saves it and stops.
+    A second signal interrupts at once. Signal handlers exist only in the main thread."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum, self._previous = None, {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _loop(state: TrainState, config, sde, data, loss_fn, score_fn, metrics: MetricsLog, workdir: str,
+          end: int, bar, stop: StopRequest) -> None:
+    """Steps until `end` or a stop request: logging, checkpoints and sample snapshots at their frequencies."""
+    t, ckpt_dir = config.training, os.path.join(workdir, "checkpoints")
     t0, s0 = time.perf_counter(), state.step
-    while state.step < end:
-        batch = data.train_batch(t.batch_size, state.generator)
+    while state.step < end and stop.signum is None:
+        batch = data.train_batch(t.batch_size, state.generator).to(state.device)
         loss, grad_norm = train_step(state, loss_fn, score_fn, batch, config)
         if not math.isfinite(loss):
             last = checkpoints.list_checkpoints(ckpt_dir)
@@ -173,5 +228,3 @@ def train(config, workdir: str, max_steps: Optional[int] = None) -> TrainState:
         if step % t.snapshot_freq == 0 or step == t.n_iters:
             logging.info("samples: %s", snapshot(state, config, sde, data, workdir))
             metrics.plot(os.path.join(workdir, "loss.png"))
-    bar.close()
-    return state

@@ -8,6 +8,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     # CPU threads for torch (0: torch's default). Small point-data models run fastest on one
     # thread: a thread hand-off costs more than their matrix products.
     config.num_threads = 1
+    # "auto" (CUDA when available), "cpu", "cuda" or "cuda:<index>". The 2-D toys' small MLPs
+    # run fastest on the CPU, where a kernel launch costs more than their arithmetic.
+    config.device = "cpu"
 
     config.data = data = ml_collections.ConfigDict()
     data.kind = "points"          # "points" (2-D toys) or "images"

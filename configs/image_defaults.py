@@ -31,6 +31,7 @@ def get_image_config(data: str, sde: str, network: str, width: str) -> ml_collec
         raise ValueError(f"config argument (width) must be one of {sorted(WIDTH)}, got {width!r}")
     config = get_default_config()
     config.num_threads = 0  # convolutions use every core
+    config.device = "auto"  # a GPU when there is one
     config.data = ml_collections.ConfigDict(dict(kind="images", centered=True, **DATA[data]))
     config.sde.name = sde
     config.model = ml_collections.ConfigDict(dict(

@@ -60,6 +60,8 @@ def test_config_loads_and_validates(name):
     ("data.name", "spirals", "config.data.name"),
     ("model.ema_rate", 1.5, "config.model.ema_rate"),
     ("num_threads", -1, "config.num_threads"),
+    ("device", "gpu", "config.device"),
+    ("device", "cuda:99", "config.device = 'cuda:99'"),
 ])
 def test_impossible_values_name_the_key(key, value, words):
     config = load("swissroll_vp_mlp")

@@ -104,6 +104,28 @@ def test_kill_9_then_resume_gives_the_same_weights(tmp_path):
     assert_same_state(a[1], b[1])
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_saves_the_step_in_progress(tmp_path, signum):
+    """A signal between checkpoints loses nothing: the finished step is saved and resumes exactly."""
+    cmd = lambda w: _main(w, "--config.training.log_freq=5")  # noqa: E731
+    subprocess.run(cmd(tmp_path / "full"), check=True, capture_output=True, cwd=ROOT)
+    proc = subprocess.Popen(cmd(tmp_path / "stopped"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    metrics = tmp_path / "stopped" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.stat().st_size) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    os.kill(proc.pid, signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    (step, _), = checkpoints.list_checkpoints(str(tmp_path / "stopped" / "checkpoints"))
+    assert 0 < step < 100, "the signal came too late to test anything"
+    assert f"training stopped after step {step}" in err.decode()
+    subprocess.run(cmd(tmp_path / "stopped"), check=True, capture_output=True, cwd=ROOT)
+    a, b = final_weights(tmp_path / "full"), final_weights(tmp_path / "stopped")
+    assert a[0] == b[0] == 600
+    assert_same_state(a[1], b[1])
+
+
 def test_corrupt_newest_checkpoint_falls_back(tmp_path, caplog):
     c = small_config()
     training.train(c, str(tmp_path / "a"))

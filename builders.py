@@ -115,11 +115,10 @@ def get_device(config) -> torch.device:
     name = config.device
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ok = isinstance(name, str) and re.fullmatch(r"cpu|cuda(:\d+)?", name) is not None
-    _require(ok, "device", name, 'must be "auto", "cpu", "cuda" or "cuda:<index>"')
-    if name.startswith("cuda"):
-        count = torch.cuda.device_count()
-        index = int(name.split(":")[1]) if ":" in name else 0
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", name) if isinstance(name, str) else None
+    _require(match is not None, "device", name, 'must be "auto", "cpu", "cuda" or "cuda:<index>"')
+    if name != "cpu":
+        count, index = torch.cuda.device_count(), int(match.group(1) or 0)
         _require(index < count, "device", name,
                  f"this machine has {count} CUDA device(s){'' if count else ' (or this torch build has no CUDA)'}; "
                  'use "cpu" or "auto"')

@@ -51,8 +51,8 @@ class PointData:
         x = self.test[start:stop].to(device)
         logp, _, nfe = likelihood.log_likelihood(sde, score_fn, x, divergence=e.divergence, n_probes=e.n_probes,
                                                  rtol=e.nll_rtol, atol=e.nll_atol, eps=e.nll_eps, seed=seed)
-        nats = -logp.double()
-        return nats.cpu(), nats.cpu() / (x[0].numel() * math.log(2)), nfe
+        nats = -logp.double().cpu()
+        return nats, nats / (x[0].numel() * math.log(2)), nfe
 
 
 class ImageData:

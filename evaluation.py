@@ -84,14 +84,14 @@ def heldout_loss(config, sde, model, data) -> float:
     g = torch.Generator().manual_seed(config.seed + 2)
     bs, device = config.eval.batch_size, builders.get_device(config)
     with torch.no_grad():
-        vals = [loss_fn(score_fn, data.test[i:i + bs].to(device), g).item() * len(data.test[i:i + bs])
-                for i in range(0, len(data.test), bs)]
+        batches = (data.test[i:i + bs] for i in range(0, len(data.test), bs))
+        vals = [loss_fn(score_fn, x.to(device), g).item() * len(x) for x in batches]
     return sum(vals) / len(data.test)
 
 
 def heldout_nll(config, sde, model, data, out_dir: str, ckpt_step: int) -> Dict[str, float]:
     """Mean NLL of the first eval.n_nll test items, in nats and bits/dim; the true NLL where known."""
-    e = config.eval
+    e, device = config.eval, builders.get_device(config)
     score_fn = models.get_score_fn(sde, model, continuous=config.training.continuous)
     n_total = min(e.n_nll, len(data.test))
     log = BatchLog(os.path.join(out_dir, "nll_batches.jsonl"), ckpt_step)
@@ -100,7 +100,7 @@ def heldout_nll(config, sde, model, data, out_dir: str, ckpt_step: int) -> Dict[
         if b in log.done:
             continue
         stop = min(i + e.batch_size, n_total)
-        nats, bpd, nfe = data.nll(sde, score_fn, i, stop, e, seed=config.seed + b, device=builders.get_device(config))
+        nats, bpd, nfe = data.nll(sde, score_fn, i, stop, e, seed=config.seed + b, device=device)
         true = data.true_nll_nats(data.test[i:stop])
         log.add({"batch": b, "n": stop - i, "nll_sum": float(nats.sum()), "bpd_sum": float(bpd.sum()), "nfe": nfe,
                  "true_nll_sum": None if true is None else float(true.sum())})
@@ -133,14 +133,20 @@ def draw_samples(config, sde, model, data, out_dir: str, ckpt_step: int, n: int)
     return torch.cat(parts)[:n]
 
 
-def evaluate(config, workdir: str, eval_folder: str = "eval") -> Dict[str, float]:
-    """Everything config.eval enables; results in <workdir>/<eval_folder>/results.json."""
+def _prepare(config, workdir: str, eval_folder: str):
+    """What `evaluate` and `sample` start from: (sde, data, EMA model on config.device, its step,
+    the output folder)."""
     builders.validate_config(config)
     sde, data = builders.build_sde(config), data_lib.load(config)
     model, ckpt_step = load_ema_model(config, workdir)
-    model.to(builders.get_device(config))
     out_dir = os.path.join(workdir, eval_folder)
     os.makedirs(out_dir, exist_ok=True)
+    return sde, data, model.to(builders.get_device(config)), ckpt_step, out_dir
+
+
+def evaluate(config, workdir: str, eval_folder: str = "eval") -> Dict[str, float]:
+    """Everything config.eval enables; results in <workdir>/<eval_folder>/results.json."""
+    sde, data, model, ckpt_step, out_dir = _prepare(config, workdir, eval_folder)
     results: Dict[str, float] = {"checkpoint_step": ckpt_step}
     if config.eval.enable_loss:
         results["heldout_loss"] = heldout_loss(config, sde, model, data)
@@ -158,12 +164,7 @@ def evaluate(config, workdir: str, eval_folder: str = "eval") -> Dict[str, float
 
 def sample(config, workdir: str, eval_folder: str = "eval") -> str:
     """config.sampling.n_samples samples with the configured sampler, to .npz and .png."""
-    builders.validate_config(config)
-    sde, data = builders.build_sde(config), data_lib.load(config)
-    model, ckpt_step = load_ema_model(config, workdir)
-    model.to(builders.get_device(config))
-    out_dir = os.path.join(workdir, eval_folder)
-    os.makedirs(out_dir, exist_ok=True)
+    sde, data, model, ckpt_step, out_dir = _prepare(config, workdir, eval_folder)
     x = draw_samples(config, sde, model, data, out_dir, ckpt_step, config.sampling.n_samples)
     stem = os.path.join(out_dir, f"samples_{config.sampling.method}_ckpt{ckpt_step}")
     np.savez(stem + ".npz", samples=x.numpy())

@@ -142,41 +142,6 @@ class MetricsLog:
             plotting.loss_curve([r["step"] for r in rows], [r["loss"] for r in rows], path)
 
 
-def train(config, workdir: str, max_steps: Optional[int] = None) -> TrainState:
-    """Train per config into workdir, resuming from its newest readable checkpoint.
-
-    `max_steps` stops after that many steps of this call (a test hook); checkpoints still follow
-    config.training.checkpoint_freq.
-    """
-    builders.validate_config(config)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=2))
-    sde = builders.build_sde(config)
-    data = data_lib.load(config)
-    loss_fn = builders.build_loss(config, sde)
-    state = resume_or_start(config, ckpt_dir)
-    score_fn = models.get_score_fn(sde, state.model, continuous=config.training.continuous)
-    metrics = MetricsLog(os.path.join(workdir, "metrics.jsonl"), state.step)
-    t = config.training
-    end = t.n_iters if max_steps is None else min(t.n_iters, state.step + max_steps)
-    state.model.train()
-    bar = tqdm(total=t.n_iters, initial=state.step, desc="train", dynamic_ncols=True)
-    with StopRequest() as stop:
-        try:
-            _loop(state, config, sde, data, loss_fn, score_fn, metrics, workdir, end, bar, stop)
-        finally:
-            bar.close()
-    if stop.signum is not None:
-        if state.step and not os.path.exists(checkpoints.checkpoint_path(ckpt_dir, state.step)):
-            checkpoints.save_checkpoint(ckpt_dir, state.step, state.state_dict(config), t.keep_checkpoints)
-        name = signal.Signals(stop.signum).name
-        logging.info("%s: stopped after step %d, which is saved in %s", name, state.step, ckpt_dir)
-        raise KeyboardInterrupt(f"{name}: training stopped after step {state.step}, saved in {ckpt_dir}")
-    return state
-
-
 class StopRequest:
     """While active, SIGINT (Ctrl-C) and SIGTERM (`kill`, `timeout`, a scheduler's pre-emption)
     only set `signum`: the loop finishes the step in progress, and `train` saves it and stops.
@@ -202,29 +167,57 @@ class StopRequest:
             signal.signal(s, handler)
 
 
-def _loop(state: TrainState, config, sde, data, loss_fn, score_fn, metrics: MetricsLog, workdir: str,
-          end: int, bar, stop: StopRequest) -> None:
-    """Steps until `end` or a stop request: logging, checkpoints and sample snapshots at their frequencies."""
-    t, ckpt_dir = config.training, os.path.join(workdir, "checkpoints")
+def _stop_if_not_finite(loss: float, step: int, ckpt_dir: str) -> None:
+    if not math.isfinite(loss):
+        last = checkpoints.list_checkpoints(ckpt_dir)
+        raise FloatingPointError(
+            f"training loss is {loss} at step {step}; training stopped without saving. "
+            f"The last good checkpoint is {last[0][1] if last else 'none (no checkpoint was written yet)'}")
+
+
+def train(config, workdir: str, max_steps: Optional[int] = None) -> TrainState:
+    """Train per config into workdir, resuming from its newest readable checkpoint.
+
+    `max_steps` stops after that many steps of this call (a test hook); checkpoints still follow
+    config.training.checkpoint_freq.
+    """
+    builders.validate_config(config)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
+    sde = builders.build_sde(config)
+    data = data_lib.load(config)
+    loss_fn = builders.build_loss(config, sde)
+    state = resume_or_start(config, ckpt_dir)
+    score_fn = models.get_score_fn(sde, state.model, continuous=config.training.continuous)
+    metrics = MetricsLog(os.path.join(workdir, "metrics.jsonl"), state.step)
+    t = config.training
+    end = t.n_iters if max_steps is None else min(t.n_iters, state.step + max_steps)
+    state.model.train()
     t0, s0 = time.perf_counter(), state.step
-    while state.step < end and stop.signum is None:
-        batch = data.train_batch(t.batch_size, state.generator).to(state.device)
-        loss, grad_norm = train_step(state, loss_fn, score_fn, batch, config)
-        if not math.isfinite(loss):
-            last = checkpoints.list_checkpoints(ckpt_dir)
-            raise FloatingPointError(
-                f"training loss is {loss} at step {state.step + 1}; training stopped without saving. "
-                f"The last good checkpoint is {last[0][1] if last else 'none (no checkpoint was written yet)'}")
-        bar.update(1)
-        step = state.step
-        if step % t.log_freq == 0 or step == end:
-            rate = (step - s0) / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            metrics.write({"step": step, "loss": loss, "grad_norm": grad_norm, "lr": _lr(config, step - 1),
-                           "steps_per_s": round(rate, 2)})
-            logging.info("step %d  loss %.5f  grad_norm %.3f  %.1f steps/s", step, loss, grad_norm, rate)
-        if step % t.checkpoint_freq == 0 or step == t.n_iters:
-            checkpoints.save_checkpoint(ckpt_dir, step, state.state_dict(config), t.keep_checkpoints)
-        if step % t.snapshot_freq == 0 or step == t.n_iters:
-            logging.info("samples: %s", snapshot(state, config, sde, data, workdir))
-            metrics.plot(os.path.join(workdir, "loss.png"))
+    with StopRequest() as stop, tqdm(total=t.n_iters, initial=state.step, desc="train", dynamic_ncols=True) as bar:
+        while state.step < end and stop.signum is None:
+            batch = data.train_batch(t.batch_size, state.generator).to(state.device)
+            loss, grad_norm = train_step(state, loss_fn, score_fn, batch, config)
+            _stop_if_not_finite(loss, state.step + 1, ckpt_dir)
+            bar.update(1)
+            step = state.step
+            if step % t.log_freq == 0 or step == end:
+                rate = (step - s0) / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                metrics.write({"step": step, "loss": loss, "grad_norm": grad_norm, "lr": _lr(config, step - 1),
+                               "steps_per_s": round(rate, 2)})
+                logging.info("step %d  loss %.5f  grad_norm %.3f  %.1f steps/s", step, loss, grad_norm, rate)
+            if step % t.checkpoint_freq == 0 or step == t.n_iters:
+                checkpoints.save_checkpoint(ckpt_dir, step, state.state_dict(config), t.keep_checkpoints)
+            if step % t.snapshot_freq == 0 or step == t.n_iters:
+                logging.info("samples: %s", snapshot(state, config, sde, data, workdir))
+                metrics.plot(os.path.join(workdir, "loss.png"))
+    if stop.signum is not None:
+        if state.step and not os.path.exists(checkpoints.checkpoint_path(ckpt_dir, state.step)):
+            checkpoints.save_checkpoint(ckpt_dir, state.step, state.state_dict(config), t.keep_checkpoints)
+        name = signal.Signals(stop.signum).name
+        logging.info("%s: stopped after step %d, which is saved in %s", name, state.step, ckpt_dir)
+        raise KeyboardInterrupt(f"{name}: training stopped after step {state.step}, saved in {ckpt_dir}")
+    return state

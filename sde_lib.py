@@ -112,6 +112,39 @@ class SDE(abc.ABC):
         alpha, sigma = self.marginal_coeffs(t)
         return append_dims(alpha.to(x.dtype), x.ndim) * x, sigma.to(x.dtype)
 
+    def tweedie(self, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
+        """Tweedie's formula: E[x_0 | x_t] = (x_t + sigma(t)^2 s(x_t, t)) / alpha(t), with s the score
+        at (x_t, t); t [B] (or scalar), x and score [B, ...]. The one x0-from-score formula."""
+        t = _as_time(t, x)
+        alpha, sigma = self.marginal_coeffs(t)
+        return torch.addcmul(x, append_dims((sigma ** 2).to(x.dtype), x.ndim), score) / append_dims(alpha.to(x.dtype), x.ndim)
+
+    # ----- log-SNR and noise-level maps (what few-step samplers and time grids work in) -----
+    def log_snr(self, t: Tensor) -> Tensor:
+        """lambda(t) = log(alpha(t) / sigma(t)), strictly decreasing in t; shaped like t."""
+        return self._log_alpha(t) - self._sigma(t).log()
+
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        """The time t with log_snr(t) = lam (the inverse of `log_snr`); shaped like lam.
+
+        Subclasses give closed forms; this generic one bisects in float64 on [0, T].
+        """
+        return self._bisect(self.log_snr, lam, decreasing=True)
+
+    def t_from_sigma(self, sigma: Tensor) -> Tensor:
+        """The time t with marginal std sigma(t) = sigma (the inverse of sigma(t)); shaped like sigma."""
+        return self._bisect(self._sigma, sigma, decreasing=False)
+
+    def _bisect(self, fn, target: Tensor, decreasing: bool, iters: int = 200) -> Tensor:
+        """Solve fn(t) = target on [0, T] for a monotone fn, elementwise, by bisection in float64."""
+        y = torch.as_tensor(target, dtype=torch.float64)
+        lo, hi = torch.zeros_like(y), torch.full_like(y, self.T)
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            below = (fn(mid) > y) if decreasing else (fn(mid) < y)  # the root lies above mid
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return (0.5 * (lo + hi)).to(torch.as_tensor(target).dtype if torch.is_tensor(target) else torch.float64)
+
     def transition_coeffs(self, t: Tensor, s: Tensor) -> Tuple[Tensor, Tensor]:
         """Exact forward transition from time s to time t >= s: x_t = a x_s + b z.
 
@@ -155,12 +188,13 @@ class SDE(abc.ABC):
         a, b = self.transition_coeffs(t, s)
         return append_dims((a - 1).to(x.dtype), x.ndim) * x, b.to(x.dtype)
 
-    def langevin_alpha(self, t: Tensor) -> Tensor:
-        """The factor a^2 = alpha(t)^2 / alpha(t - T/N)^2 that scales Langevin step sizes.
+    def langevin_alpha(self, t: Tensor, s: Optional[Tensor] = None) -> Tensor:
+        """The factor a^2 = alpha(t)^2 / alpha(s)^2 that scales Langevin step sizes, s the next time of
+        the sampler's grid (default: t - T/N, one step of the classic chain).
 
         This is DDPM's alpha_i = 1 - beta_i for VP-type SDEs and 1 for VE, as in Song et al. 2021.
         """
-        s = self._previous_time(t)
+        s = self._previous_time(t) if s is None else s
         return (2 * (self._log_alpha(t) - self._log_alpha(s))).exp()
 
     def _previous_time(self, t: Tensor) -> Tensor:
@@ -318,8 +352,39 @@ class VPSDE(SDE):
         dB = B_t - B_s
         return (-0.5 * dB).exp(), self._transition_var(dB, B_t + B_s).clamp_min(0).sqrt()
 
-    def langevin_alpha(self, t):
-        return (self.integrated_beta(self._previous_time(t)) - self.integrated_beta(t)).exp()
+    def langevin_alpha(self, t, s=None):
+        s = self._previous_time(t) if s is None else s
+        return (self.integrated_beta(s) - self.integrated_beta(t)).exp()
+
+    def t_from_integrated_beta(self, B: Tensor) -> Tensor:
+        """The inverse of B(t). Linear: t = 2B / (beta_min + sqrt(beta_min^2 + 2 (beta_max - beta_min) B)),
+        the root of beta_min t + (beta_max - beta_min) t^2 / 2 = B written without cancellation.
+        Cosine: cos(phase(t)) = cos(phase(0)) exp(-B/2), solved for t."""
+        if self.schedule == "linear":
+            d = self.beta_max - self.beta_min
+            return 2 * B / (self.beta_min + (self.beta_min ** 2 + 2 * d * B).sqrt())
+        phase = torch.arccos(math.cos(self._cosine_phase(0.0)) * (-0.5 * B).exp())
+        return phase * (2 * (1 + self.cosine_s) / math.pi) - self.cosine_s
+
+    def log_snr(self, t):
+        # alpha^2 / sigma^2 = e^-B / (1 - e^-B) = 1 / expm1(B)
+        return -0.5 * torch.log(torch.expm1(self.integrated_beta(t)))
+
+    @staticmethod
+    def _B_from_log_snr(lam: Tensor) -> Tensor:
+        """B with -1/2 log(expm1(B)) = lam: B = log1p(e^(-2 lam))."""
+        return torch.log1p(torch.exp(-2 * lam))
+
+    @staticmethod
+    def _B_from_sigma(sigma: Tensor) -> Tensor:
+        """B with sqrt(1 - e^-B) = sigma: B = -log1p(-sigma^2)."""
+        return -torch.log1p(-sigma ** 2)
+
+    def t_from_log_snr(self, lam):
+        return self.t_from_integrated_beta(self._B_from_log_snr(lam))
+
+    def t_from_sigma(self, sigma):
+        return self.t_from_integrated_beta(self._B_from_sigma(sigma))
 
     def _f(self, t):
         return -0.5 * self.beta(t)
@@ -372,6 +437,23 @@ class subVPSDE(VPSDE):
     def _g2(self, t):
         return self.beta(t) * -torch.expm1(-2 * self.integrated_beta(t))
 
+    def log_snr(self, t):
+        B = self.integrated_beta(t)
+        return -0.5 * B - torch.log(-torch.expm1(-B))
+
+    @staticmethod
+    def _B_from_log_snr(lam: Tensor) -> Tensor:
+        """With a = alpha = e^(-B/2), lam = log(a / (1 - a^2)), so e^lam a^2 + a - e^lam = 0 and
+        a = 2 e^lam / (1 + sqrt(1 + 4 e^(2 lam))) (the positive root, free of cancellation); B = -2 log a."""
+        e = torch.exp(lam)
+        a = 2 * e / (1 + torch.sqrt(1 + 4 * e * e))
+        return -2 * torch.log(a)
+
+    @staticmethod
+    def _B_from_sigma(sigma: Tensor) -> Tensor:
+        """B with 1 - e^-B = sigma: B = -log1p(-sigma)."""
+        return -torch.log1p(-sigma)
+
     def _discrete_std(self, abar: Tensor) -> Tensor:
         return 1 - abar
 
@@ -388,7 +470,8 @@ class VESDE(SDE):
     alpha(t) = 1 and the marginal std at time t is sigma(t), not sqrt(sigma(t)^2 - sigma_min^2):
     the data are taken to carry sigma_min of noise at t = 0, as in the reference implementation
     and NCSN's noise ladder. Prior N(0, sigma_max^2 I). Its discrete chain is the geometric ladder
-    sigma_i = sigma_min (sigma_max/sigma_min)^(i/(N-1)). `sampling_eps` = 1e-5.
+    sigma_i = sigma_min (sigma_max/sigma_min)^(i/(N-1)). `sampling_eps` = 1e-5. log-SNR is -log sigma(t): EDM's noise level sigma = e^(-lambda) is the
+    VE sigma itself.
     """
 
     sampling_eps = 1e-5
@@ -427,8 +510,17 @@ class VESDE(SDE):
         b = (-torch.expm1((s - t) * (2 * self._log_ratio))).clamp_min(0).sqrt() * self._sigma(t)
         return torch.ones_like(t), b
 
-    def langevin_alpha(self, t):
+    def langevin_alpha(self, t, s=None):
         return torch.ones_like(t)
+
+    def log_snr(self, t):
+        return -self._sigma(t).log()
+
+    def t_from_sigma(self, sigma):
+        return (torch.log(sigma) - math.log(self.sigma_min)) / self._log_ratio
+
+    def t_from_log_snr(self, lam):
+        return self.t_from_sigma(torch.exp(-lam))
 
     @property
     def discrete_sigmas(self) -> Tensor:

@@ -19,9 +19,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import builders  # noqa: E402
+from score_toolkit import builders  # noqa: E402
 
-import losses  # noqa: E402
+from score_toolkit import losses  # noqa: E402
 import models  # noqa: E402
 import sde_lib  # noqa: E402
 from benchmarks._common import timings  # noqa: E402

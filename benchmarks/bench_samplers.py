@@ -21,11 +21,11 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import builders  # noqa: E402
+from score_toolkit import builders  # noqa: E402
 import likelihood  # noqa: E402
 import samplers  # noqa: E402
 import sde_lib  # noqa: E402
-from analytic import GaussianMixture  # noqa: E402
+from score_toolkit.analytic import GaussianMixture  # noqa: E402
 from benchmarks._common import machine  # noqa: E402
 
 

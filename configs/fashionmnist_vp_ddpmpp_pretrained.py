@@ -1,4 +1,4 @@
-"""Fashion-MNIST, VP SDE, DDPM++ `small`, with trained EMA weights shipped in pretrained/.
+"""Fashion-MNIST, VP SDE, DDPM++ `small`, with trained EMA weights shipped in score_toolkit/pretrained/.
 
     python main.py --mode sample --config configs/fashionmnist_vp_ddpmpp_pretrained.py
 
@@ -7,12 +7,10 @@ data). The weights are the EMA weights of `configs/fashionmnist_vp_ddpmpp.py` af
 at batch 64 (one H100), written by `--mode export`; README.md gives the figures. Sampling is the
 probability-flow ODE with 25 RK4 steps (100 score calls per batch).
 """
-import os
-
+from score_toolkit import pretrained_path
 from configs.fashionmnist_vp_ddpmpp import get_config as get_base_config
 
-WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "pretrained", "fashionmnist_vp_ddpmpp_small.pt")
+WEIGHTS = pretrained_path("fashionmnist_vp_ddpmpp_small.pt")  # package data: found after any install
 
 
 def get_config():

@@ -1,16 +1,24 @@
-"""Samplers over the `score_fn(x, t)` seam: predictor-corrector and probability-flow ODE.
+"""Samplers over the `score_fn(x, t, **cond)` seam, all with one calling convention:
 
-    x, nfe = samplers.pc_sample(sde, score_fn, shape, predictor="reverse_diffusion", corrector="langevin")
-    x, nfe = samplers.ode_sample(sde, score_fn, shape, rtol=1e-5, atol=1e-5)
+    x, nfe = samplers.<name>_sample(sde, score_fn, shape, *, steps=..., grid=None, eps=None, x_T=None,
+                                    seed=None, generator=None, device=None, dtype=torch.float32,
+                                    callback=None, progress=False, **cond)
+
+`list_samplers()` names them; `list_grids()` names the time grids every sampler takes.
 """
+from samplers.base import get_sampler, list_samplers, register_sampler
 from samplers.correctors import Corrector, get_corrector, list_correctors, register_corrector
-from samplers.grids import uniform_grid
+from samplers.grids import (check_grid, get_grid, karras, list_grids, quadratic, register_grid, uniform_grid,
+                            uniform_log_snr, uniform_t)
 from samplers.ode import ode_methods, ode_sample, solve_flow
 from samplers.pc import pc_sample, tweedie_denoise
 from samplers.predictors import Predictor, get_predictor, list_predictors, register_predictor
 
 __all__ = [
-    "pc_sample", "ode_sample", "solve_flow", "tweedie_denoise", "uniform_grid", "ode_methods",
+    "pc_sample", "ode_sample", "solve_flow", "tweedie_denoise", "ode_methods",
+    "list_samplers", "get_sampler", "register_sampler",
+    "list_grids", "get_grid", "check_grid", "register_grid", "uniform_t", "uniform_log_snr", "karras",
+    "quadratic", "uniform_grid",
     "Predictor", "Corrector", "register_predictor", "register_corrector",
     "get_predictor", "get_corrector", "list_predictors", "list_correctors",
 ]

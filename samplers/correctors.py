@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import math
+from typing import Optional
 
 import torch
 
@@ -43,20 +44,23 @@ class Corrector(abc.ABC):
             raise ValueError(f"snr must be > 0, got {snr!r}")
         self.sde, self.score_fn, self.snr, self.n_steps = sde, score_fn, snr, n_steps
 
-    def update(self, x: Tensor, t: Tensor, generator=None):
-        """n_steps Langevin steps x <- x + e s(x, t) + sqrt(2 e) z, with e from `step_size`."""
+    def update(self, x: Tensor, t: Tensor, generator=None, t_next: Optional[Tensor] = None):
+        """n_steps Langevin steps x <- x + e s(x, t) + sqrt(2 e) z, with e from `step_size`.
+
+        `t_next` is the next time of the sampler's grid, which sets the VP step-size factor
+        alpha(t)^2 / alpha(t_next)^2 (default: one step of the SDE's own N-step chain)."""
         x_mean = x
         t_net = t.to(x.dtype)
         for _ in range(self.n_steps):
             grad = self.score_fn(x, t_net)
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            e = append_dims(self.step_size(grad, z, t).to(x.dtype), x.ndim)
+            e = append_dims(self.step_size(grad, z, t, t_next).to(x.dtype), x.ndim)
             x_mean = torch.addcmul(x, e, grad)
             x = torch.addcmul(x_mean, (2 * e).sqrt(), z)
         return x, x_mean
 
     @abc.abstractmethod
-    def step_size(self, grad: Tensor, z: Tensor, t: Tensor) -> Tensor:
+    def step_size(self, grad: Tensor, z: Tensor, t: Tensor, t_next: Optional[Tensor] = None) -> Tensor:
         """Per-sample Langevin step size e [B]."""
 
 
@@ -83,13 +87,13 @@ class LangevinCorrector(Corrector):
             raise ValueError(f"norm must be 'batch' or 'sample', got {norm!r}")
         self.norm = norm
 
-    def step_size(self, grad, z, t):
+    def step_size(self, grad, z, t, t_next=None):
         if self.norm == "batch":
             z_norm, g_norm = _norm(z).mean(dtype=torch.float64), _norm(grad).mean(dtype=torch.float64)
         else:
             z_norm, g_norm = math.sqrt(z[0].numel()), _norm(grad).double()
         ratio = z_norm / g_norm.clamp_min(torch.finfo(torch.float64).tiny)
-        return (2 * self.snr ** 2) * self.sde.langevin_alpha(t) * ratio ** 2
+        return (2 * self.snr ** 2) * self.sde.langevin_alpha(t, t_next) * ratio ** 2
 
 
 @register_corrector(name="ald")
@@ -97,9 +101,9 @@ class AnnealedLangevinDynamics(Corrector):
     """Annealed Langevin dynamics of NCSN (Song & Ermon 2019): a step proportional to the
     noise variance, e = 2 alpha (snr sigma(t))^2."""
 
-    def step_size(self, grad, z, t):
+    def step_size(self, grad, z, t, t_next=None):
         sigma = self.sde.marginal_coeffs(t)[1]
-        return 2 * self.sde.langevin_alpha(t) * (self.snr * sigma) ** 2
+        return 2 * self.sde.langevin_alpha(t, t_next) * (self.snr * sigma) ** 2
 
 
 @register_corrector(name="none")
@@ -109,8 +113,8 @@ class NoneCorrector(Corrector):
     def __init__(self, sde, score_fn, snr=1.0, n_steps=0, **unused):
         self.sde, self.score_fn, self.snr, self.n_steps = sde, score_fn, snr, 0
 
-    def update(self, x, t, generator=None):
+    def update(self, x, t, generator=None, t_next=None):
         return x, x
 
-    def step_size(self, grad, z, t):  # never called
+    def step_size(self, grad, z, t, t_next=None):  # never called
         raise NotImplementedError

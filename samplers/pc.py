@@ -6,10 +6,10 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from tqdm.auto import tqdm
 
-from sde_lib import SDE, append_dims
-from samplers.guards import GuardedScore, check_eps, check_finite, check_positive_int, make_generator
+from sde_lib import SDE
+from samplers.base import register_sampler, start
+from samplers.guards import check_finite, check_positive_int
 from samplers.correctors import get_corrector
-from samplers.grids import uniform_grid
 from samplers.predictors import get_predictor
 
 Tensor = torch.Tensor
@@ -17,18 +17,19 @@ Tensor = torch.Tensor
 
 def tweedie_denoise(sde: SDE, score_fn, x: Tensor, t: Tensor) -> Tensor:
     """Tweedie's formula E[x_0 | x_t] = (x_t + sigma(t)^2 s(x_t, t)) / alpha(t); one score call."""
-    alpha, sigma = sde.marginal_coeffs(t)
-    s = score_fn(x, t.to(x.dtype))
-    return (x + append_dims((sigma ** 2).to(x.dtype), x.ndim) * s) / append_dims(alpha.to(x.dtype), x.ndim)
+    return sde.tweedie(x, t, score_fn(x, t.to(x.dtype)))
 
 
-def pc_sample(sde: SDE, score_fn: Callable[[Tensor, Tensor], Tensor], shape: Sequence[int], *,
+@register_sampler("pc")
+def pc_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
               predictor: str = "reverse_diffusion",     # name in samplers.list_predictors()
               corrector: str = "langevin",              # name in samplers.list_correctors()
               snr: float = 0.16,                        # corrector's signal-to-noise ratio
               n_steps: int = 1,                         # corrector steps per time step
               corrector_options: Optional[dict] = None, # more corrector arguments, e.g. {"norm": "sample"}
-              N: Optional[int] = None,                  # time steps; default sde.N
+              steps: Optional[int] = None,              # time steps; default sde.N
+              N: Optional[int] = None,                  # the same as steps (score_sde's name)
+              grid=None,                                # a grid name (samplers.list_grids()) or times; default uniform_t
               eps: Optional[float] = None,              # last time; default sde.sampling_eps
               probability_flow: bool = False,           # predictor follows the ODE instead
               denoise: bool = True,                     # final Tweedie step at eps (1 NFE)
@@ -37,32 +38,34 @@ def pc_sample(sde: SDE, score_fn: Callable[[Tensor, Tensor], Tensor], shape: Seq
               seed: Optional[int] = None,
               device=None, dtype=torch.float32,
               callback: Optional[Callable[[dict], None]] = None,
-              progress: bool = False) -> Tuple[Tensor, int]:
+              progress: bool = False, **cond) -> Tuple[Tensor, int]:
     """Draw samples [shape] by alternating corrector and predictor steps from T down to eps.
 
-    On the grid T = t_0 > ... > t_N = eps, step i runs the corrector at t_i, then the predictor
+    On the grid T = t_0 > ... > t_n = eps, step i runs the corrector at t_i, then the predictor
     from t_i to t_{i+1}; `denoise` finishes with Tweedie's formula at eps. `callback` receives a
-    dict {i, t, x, x_mean} after every step. Returns (samples, nfe), nfe the real score calls.
+    dict {i, t (the new time, [B]), x, x_mean} after every step. `cond` goes to every score call.
+    Returns (samples, nfe), nfe the real score calls.
     """
-    eps = check_eps(sde, eps)
-    N = check_positive_int(sde.N if N is None else N, "N")
+    if steps is not None and N is not None and steps != N:
+        raise ValueError(f"pass steps or N (the same thing), not both: steps={steps!r}, N={N!r}")
+    steps = sde.N if steps is None and N is None else (steps if steps is not None else N)
     n_steps = check_positive_int(n_steps, "n_steps") if corrector != "none" else 0
-    score = GuardedScore(score_fn)
-    pred = get_predictor(predictor)(sde, score, probability_flow)
-    corr = get_corrector(corrector)(sde, score, snr, n_steps, **(corrector_options or {}))
-    generator = make_generator(generator, seed, device)
-    x = sde.prior_sampling(shape, generator, device, dtype) if x_T is None else x_T
-    grid = uniform_grid(sde, N, eps).to(x.device)
-    ones = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
-    for i in tqdm(range(N), disable=not progress, desc="pc_sample"):
-        t, t_next = grid[i] * ones, grid[i + 1] * ones
+    pred_cls, corr_cls = get_predictor(predictor), get_corrector(corrector)
+    run = start(sde, score_fn, shape, steps=steps, grid=grid, eps=eps, x_T=x_T, seed=seed, generator=generator,
+                device=device, dtype=dtype, cond=cond)
+    x, score = run.x, run.score
+    pred = pred_cls(sde, score, probability_flow)
+    corr = corr_cls(sde, score, snr, n_steps, **(corrector_options or {}))
+    n = len(run.grid) - 1
+    for i in tqdm(range(n), disable=not progress, desc="pc_sample"):
+        t, t_next = run.times(i), run.times(i + 1)
         score.step = i
-        x, x_mean = corr.update(x, t, generator)
-        x, x_mean = pred.update(x, t, t_next, generator)
+        x, x_mean = corr.update(x, t, run.generator, t_next=t_next)
+        x, x_mean = pred.update(x, t, t_next, run.generator)
         check_finite(x, f"predictor {predictor!r} / corrector {corrector!r}", i, t)
         if callback is not None:
             callback({"i": i, "t": t_next, "x": x, "x_mean": x_mean})
     if denoise:
-        score.step = N
-        x = tweedie_denoise(sde, score, x, grid[-1] * ones)
+        score.step = n
+        x = tweedie_denoise(sde, score, x, run.times(n))
     return x, score.nfe

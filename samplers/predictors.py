@@ -95,10 +95,14 @@ class AncestralSamplingPredictor(Predictor):
         if self.probability_flow:
             raise ValueError("predictor 'ancestral_sampling' has no probability-flow form; "
                              "use 'euler_maruyama' or 'reverse_diffusion' with probability_flow=True")
+        # The posterior q(x_s | x_t, x_0) at x_0 = Tweedie's estimate: mean a sigma_s^2/sigma_t^2 x_t
+        # + alpha_s b^2/sigma_t^2 x0_hat, which simplifies to (x_t + b^2 s) / a.
         a, b = self.sde.transition_coeffs(t, t_next)
-        std = b * self.sde.marginal_coeffs(t_next)[1] / self.sde.marginal_coeffs(t)[1]
-        x_mean = torch.addcmul(x, _bcast(b ** 2, x), self.score_fn(x, t.to(x.dtype))).div_(_bcast(a, x))
-        return torch.addcmul(x_mean, _bcast(std, x), _noise(x, generator)), x_mean
+        sigma_t, sigma_s = self.sde.marginal_coeffs(t)[1], self.sde.marginal_coeffs(t_next)[1]
+        x0 = self.sde.tweedie(x, t, self.score_fn(x, t.to(x.dtype)))
+        alpha_s = self.sde.marginal_coeffs(t_next)[0]
+        x_mean = torch.addcmul(_bcast(a * (sigma_s / sigma_t) ** 2, x) * x, _bcast(alpha_s * (b / sigma_t) ** 2, x), x0)
+        return torch.addcmul(x_mean, _bcast(b * sigma_s / sigma_t, x), _noise(x, generator)), x_mean
 
 
 @register_predictor(name="none")

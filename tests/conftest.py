@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import analytic
+from score_toolkit import analytic
 import sde_lib
 
 # The known-answer tests run many small ops, for which one thread is faster than two

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import builders
+from score_toolkit import builders
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))

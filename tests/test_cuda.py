@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-import builders
+from score_toolkit import builders
 import likelihood
 import models
 import samplers
 import sde_lib
-import training
+from score_toolkit import training
 from configs.fashionmnist_vp_ddpmpp import get_config as get_image_config
 from tests.conftest import make_sdes, mixture_2d, random_mixture
 from tests.test_likelihood import exact_check

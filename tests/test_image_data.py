@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-import image_data
+from score_toolkit import image_data
 
 
 def write_idx(path, array, magic, gz):

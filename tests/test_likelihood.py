@@ -6,7 +6,7 @@ import torch
 
 import likelihood
 import sde_lib
-from analytic import GaussianMixture
+from score_toolkit.analytic import GaussianMixture
 from tests.conftest import make_sdes, random_mixture
 
 EPS = 1e-5

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-import losses
+from score_toolkit import losses
 import models
 import sde_lib
-from analytic import GaussianMixture
+from score_toolkit.analytic import GaussianMixture
 from tests.conftest import make_sdes
 
 C2 = 0.5  # data N(0, C2 I) in 2-D

@@ -3,8 +3,8 @@ import os
 
 import torch
 
-import builders
-import evaluation
+from score_toolkit import builders
+from score_toolkit import evaluation
 import models
 import samplers
 from configs.fashionmnist_vp_ddpmpp_pretrained import WEIGHTS, get_config

@@ -7,8 +7,8 @@ import pytest
 import scipy.linalg
 import torch
 
-import image_data
-import sample_quality as sq
+from score_toolkit import image_data
+from score_toolkit import sample_quality as sq
 
 
 def random_rotation(dim, seed):

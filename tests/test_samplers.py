@@ -94,7 +94,7 @@ def test_langevin_per_sample_norms_are_batch_independent():
 
 def test_langevin_per_sample_norms_sample_high_dimensional_gaussian():
     """In 64-D, where ||s|| concentrates, per-sample norms sample N(0, v I) nearly as well as batch ones."""
-    from analytic import GaussianMixture
+    from score_toolkit.analytic import GaussianMixture
     sde, gm = sde_lib.VPSDE(N=100), GaussianMixture([1.0], torch.zeros(1, 64), [0.5])
     var = {}
     for norm in ("batch", "sample"):

@@ -10,10 +10,10 @@ import time
 import pytest
 import torch
 
-import builders
-import checkpoints
-import evaluation
-import training
+from score_toolkit import builders
+from score_toolkit import checkpoints
+from score_toolkit import evaluation
+from score_toolkit import training
 from configs.swissroll_vp_mlp import get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,7 +213,7 @@ def test_eval_reports_and_resumes(tmp_path, monkeypatch, capsys):
     lines = log.read_text().splitlines()
     log.write_text(lines[0] + "\n" + lines[1][:10])  # the second line cut short
     calls = []
-    import data_lib
+    from score_toolkit import data_lib
     real = data_lib.likelihood.log_likelihood
     monkeypatch.setattr(data_lib.likelihood, "log_likelihood", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = evaluation.evaluate(c, str(tmp_path))

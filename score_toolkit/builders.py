@@ -12,7 +12,7 @@ from typing import Callable, Tuple
 import ml_collections
 import torch
 
-import losses
+from score_toolkit import losses
 import models
 import samplers
 import sde_lib
@@ -181,7 +181,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(not weights or os.path.isfile(weights), "eval.weights_path", weights,
              "must name an existing file written by --mode export, or be '' to use the workdir's checkpoints")
     if config.data.kind == "points":
-        import toy_data
+        from score_toolkit import toy_data
         _one_of(config, "data.name", toy_data.DATASETS)
         _positive(config, "data.n_train", integer=True)
         _positive(config, "data.n_test", integer=True)
@@ -190,7 +190,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_images(config) -> None:
-    import image_data
+    from score_toolkit import image_data
     name = config.data.name.lower().replace("-", "_")
     _require(name in image_data.KNOWN_DATASETS, "data.name", config.data.name,
              f"must be one of {list(image_data.KNOWN_DATASETS)}")

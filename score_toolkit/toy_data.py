@@ -10,7 +10,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from analytic import GaussianMixture
+from score_toolkit.analytic import GaussianMixture
 
 Tensor = torch.Tensor
 

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import builders
-import checkpoints
-import data_lib
+from score_toolkit import builders
+from score_toolkit import checkpoints
+from score_toolkit import data_lib
 import models
 from models import checkpoint_convert
 

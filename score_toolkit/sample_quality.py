@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import image_data
+from score_toolkit import image_data
 
 # --------------------------------------------------------------------------- statistics
 

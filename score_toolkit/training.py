@@ -18,11 +18,11 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-import builders
-import checkpoints
-import data_lib
+from score_toolkit import builders
+from score_toolkit import checkpoints
+from score_toolkit import data_lib
 import models
-import plotting
+from score_toolkit import plotting
 
 
 class TrainState:

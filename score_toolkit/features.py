@@ -9,8 +9,8 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-import builders
-import sample_quality
+from score_toolkit import builders
+from score_toolkit import sample_quality
 
 
 def load_extractor(config):

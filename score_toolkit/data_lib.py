@@ -7,10 +7,10 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-import image_data
+from score_toolkit import image_data
 import likelihood
-import plotting
-import toy_data
+from score_toolkit import plotting
+from score_toolkit import toy_data
 
 Tensor = torch.Tensor
 
@@ -112,7 +112,7 @@ class ImageData:
         if self.config.eval.feature_extractor == "none":
             return {}
         if self._quality_fn is None:  # loaded on first use: `--mode stats` runs before the stats exist
-            import features
+            from score_toolkit import features
             self._quality_fn = features.quality_fn(self.config)
         return self._quality_fn(self.to_uint8(samples))
 

@@ -1,0 +1,83 @@
+"""What every sampler shares: the registry behind `list_samplers()`, the set-up of a run (prior
+draw, time grid, guarded score with its conditioning bound), and the model's x0 / eps estimates.
+
+Every sampler has one signature,
+
+    x, nfe = samplers.<name>_sample(sde, score_fn, shape, *, steps, grid=None, eps=None, x_T=None,
+                                    seed=None, generator=None, device=None, dtype=torch.float32,
+                                    callback=None, progress=False, **cond)
+
+and starts with `start(...)`, which checks every argument before the first score call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from sde_lib import SDE, append_dims
+from samplers.grids import get_grid
+from samplers.guards import GuardedScore, check_eps, check_positive_int, make_generator
+from samplers.registry import Registry
+
+Tensor = torch.Tensor
+_SAMPLERS = Registry("sampler")
+
+
+def register_sampler(name: str):
+    """Function decorator: `@register_sampler("name")` lists a `<name>_sample` function in `list_samplers()`."""
+    def wrap(fn):
+        _SAMPLERS.register(name)(fn)
+        return fn
+    return wrap
+
+
+def list_samplers() -> list:
+    return _SAMPLERS.names()
+
+
+def get_sampler(name: str) -> Callable:
+    """The sampling function registered under `name`; a ValueError lists the registered names otherwise."""
+    return _SAMPLERS.get(name)
+
+
+@dataclass
+class Run:
+    """The state a sampler starts from: x at grid[0] = T, the grid [n + 1] (float64, on x's device),
+    the guarded score (call it as score(x, t) with t [B]), and the generator for fresh noise."""
+    x: Tensor
+    grid: Tensor
+    score: GuardedScore
+    generator: Optional[torch.Generator]
+
+    def times(self, i: int) -> Tensor:
+        """grid[i] as a float64 tensor [B], the shape every SDE method and score call takes."""
+        return self.grid[i].expand(self.x.shape[0])
+
+    def noise(self) -> Tensor:
+        return torch.randn(self.x.shape, generator=self.generator, device=self.x.device, dtype=self.x.dtype)
+
+
+def start(sde: SDE, score_fn, shape: Sequence[int], *, steps, grid, eps, x_T, seed, generator, device,
+          dtype, cond: dict, default_grid: str = "uniform_t") -> Run:
+    """Check the arguments and set up a run: prior draw (or x_T), grid, guarded score."""
+    steps = check_positive_int(steps, "steps")
+    eps = check_eps(sde, eps)
+    score = GuardedScore(score_fn, cond)
+    t = get_grid(grid, sde, steps, eps, default_grid)
+    generator = make_generator(generator, seed, device)
+    x = sde.prior_sampling(shape, generator, device, dtype) if x_T is None else x_T
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"x_T has shape {tuple(x.shape)}, but shape is {tuple(shape)}")
+    return Run(x, t.to(x.device), score, generator)
+
+
+def denoised(sde: SDE, x: Tensor, t: Tensor, s: Tensor) -> Tensor:
+    """E[x_0 | x_t] from the score s at (x, t) by Tweedie's formula (`SDE.tweedie`); t [B]."""
+    return sde.tweedie(x, t, s)
+
+
+def noise_estimate(sde: SDE, t: Tensor, s: Tensor) -> Tensor:
+    """E[z | x_t] = -sigma(t) s(x_t, t) for x_t = alpha x_0 + sigma z; t [B], s shaped like x."""
+    return append_dims(-sde.marginal_coeffs(t)[1].to(s.dtype), s.ndim) * s

@@ -20,7 +20,7 @@ from torchdiffeq import odeint
 
 from sde_lib import SDE
 from samplers.guards import GuardedScore, check_eps, check_finite, check_positive_int, make_generator
-from samplers.ode import solve_flow, solver_options
+from samplers.ode import flow_drift, solve_flow, solver_options
 
 Tensor = torch.Tensor
 DIVERGENCES = ("exact", "rademacher", "gaussian")
@@ -51,15 +51,15 @@ def _divergence(drift: Tensor, x: Tensor, probes: Optional[Tensor]) -> Tensor:
 
 
 def _augmented_drift(sde: SDE, score_fn, probes: Optional[Tensor], eps: float):
-    """torchdiffeq func(t, (x, delta)) -> (f~(x, t), div f~(x, t)), t clamped to [eps, T]
-    (torchdiffeq's initial step-size probe may look past T)."""
-    rsde = sde.reverse(score_fn, probability_flow=True)
+    """torchdiffeq func(t, (x, delta)) -> (f~(x, t), div f~(x, t)), with f~ the sampler's own
+    probability-flow drift (`samplers.ode.flow_drift`, t clamped to [eps, T])."""
+    drift_fn = flow_drift(sde, score_fn, eps, sde.T)
 
     def func(t: Tensor, state):
         x = state[0]
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            drift = rsde.sde(x, t.clamp(eps, sde.T).expand(x.shape[0]))[0]
+            drift = drift_fn(t, x)
             div = _divergence(drift, x, probes)
         return drift.detach(), div.detach()
 
@@ -72,8 +72,9 @@ def log_likelihood(sde: SDE, score_fn, x: Tensor, *, divergence: str = "exact",
                    eps: float = 1e-5,                   # start time of the flow: log p_eps(x)
                    method: str = "dopri5", steps: Optional[int] = None,
                    generator: Optional[torch.Generator] = None,
-                   seed: Optional[int] = None) -> Tuple[Tensor, Tensor, int]:
-    """log p_eps(x) in nats for a batch x [B, ...], by one ODE solve for the whole batch.
+                   seed: Optional[int] = None, **cond) -> Tuple[Tensor, Tensor, int]:
+    """log p_eps(x) in nats for a batch x [B, ...], by one ODE solve for the whole batch; `cond`
+    (e.g. class labels [B]) goes to every score call.
 
     Returns (logp [B], z = x(T) [B, ...], nfe). Computes in x's dtype: pass float64 data (and a
     float64-capable score_fn) for float64 throughout.
@@ -83,7 +84,7 @@ def log_likelihood(sde: SDE, score_fn, x: Tensor, *, divergence: str = "exact",
     n_probes = check_positive_int(n_probes, "n_probes")
     eps = check_eps(sde, eps)
     options = solver_options(method, steps, eps, sde.T)
-    score = GuardedScore(score_fn)
+    score = GuardedScore(score_fn, cond)
     probes = _probes(x, divergence, n_probes, make_generator(generator, seed))
     ts = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
     delta0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
@@ -94,19 +95,52 @@ def log_likelihood(sde: SDE, score_fn, x: Tensor, *, divergence: str = "exact",
     return sde.prior_logp(z) + delta, z, score.nfe
 
 
+def data_scale(centered: bool) -> Tuple[float, float]:
+    """(a, b) of the map x = a y + b from data y in [0, 1] to model space: (2, -1) when centered
+    (x in [-1, 1]), else (1, 0)."""
+    return (2.0, -1.0) if centered else (1.0, 0.0)
+
+
+def dequantize(k: Tensor, generator: Optional[torch.Generator] = None, *, noise: Optional[Tensor] = None,
+               n_bins: int = 256, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Uniform dequantization y = (k + u) / n_bins, u ~ U[0, 1), so y lies in [k/n, (k+1)/n).
+
+    k: integer levels [N, ...] (e.g. uint8 pixels); noise: a fixed u of k's shape (to reuse one
+    dequantization), else drawn with `generator`. A density on y bounds the discrete likelihood of
+    k: log P(k) >= log p_y(y) - D log n_bins (`bits_per_dim`).
+    """
+    levels = k.to(dtype)
+    if noise is None:
+        noise = torch.rand(k.shape, generator=generator, dtype=dtype).to(k.device)
+    y = (levels + noise.to(dtype)) / n_bins
+    # k + u rounds up to k + 1 when u is within half an ulp of 1; keep the interval half-open.
+    upper = torch.nextafter((levels + 1) / n_bins, torch.zeros((), dtype=dtype, device=k.device))
+    return torch.minimum(y, upper)
+
+
+def bits_from_nats(nats: Tensor, D: int) -> Tensor:
+    """A log-likelihood or NLL of D dimensions in nats, in bits per dimension: nats / (D ln 2)."""
+    return nats / (D * math.log(2))
+
+
+def nats_from_bits(bpd: Tensor, D: int) -> Tensor:
+    """The inverse of `bits_from_nats`."""
+    return bpd * (D * math.log(2))
+
+
 def bits_per_dim(sde: SDE, score_fn, k: Tensor, *, n_bins: int = 256, centered: bool = True,
                  generator: Optional[torch.Generator] = None, seed: Optional[int] = None,
                  **ll_kwargs) -> Tuple[Tensor, Tensor, int]:
     """Bits per dimension of quantized data k in {0, ..., n_bins - 1} (e.g. uint8 images).
 
-    Uniform dequantization y = (k + u) / n_bins, u ~ U[0, 1)^D, gives a density on [0, 1]^D whose
+    `dequantize` gives y = (k + u) / n_bins, u ~ U[0, 1)^D, a density on [0, 1]^D whose
     log-likelihood lower-bounds that of the discrete data; the model sees x = a y + b with
-    (a, b) = (2, -1) if `centered` (data in [-1, 1]) else (1, 0). By the change of variables
-    log p_y(y) = log p_x(x) + D log a, and log P(k) >= log p_y(y) - D log n_bins, so
+    (a, b) = `data_scale(centered)`. By the change of variables log p_y(y) = log p_x(x) + D log a,
+    and log P(k) >= log p_y(y) - D log n_bins, so
 
         bpd = -(log p_x(x) + D log a) / (D ln 2) + log2(n_bins).
 
-    Returns (bpd [B], z, nfe); `ll_kwargs` go to `log_likelihood`.
+    Returns (bpd [B], z, nfe); `ll_kwargs` (and conditioning) go to `log_likelihood`.
     """
     if k.is_floating_point() and not torch.equal(k, k.round()):
         raise ValueError("k must hold integer bin indices (e.g. uint8 pixel values), got non-integer floats")
@@ -115,12 +149,11 @@ def bits_per_dim(sde: SDE, score_fn, k: Tensor, *, n_bins: int = 256, centered: 
         raise ValueError(f"k must lie in {{0, ..., {n_bins - 1}}}, got values in [{lo}, {hi}]")
     dtype = ll_kwargs.pop("dtype", torch.float32)
     generator = make_generator(generator, seed)
-    u = torch.rand(k.shape, generator=generator, dtype=dtype).to(k.device)
-    y = (k.to(dtype) + u) / n_bins
-    a, b = (2.0, -1.0) if centered else (1.0, 0.0)
+    y = dequantize(k, generator, n_bins=n_bins, dtype=dtype)
+    a, b = data_scale(centered)
     logp, z, nfe = log_likelihood(sde, score_fn, a * y + b, generator=generator, **ll_kwargs)
     D = k[0].numel()
-    bpd = -(logp + D * math.log(a)) / (D * math.log(2)) + math.log2(n_bins)
+    bpd = -bits_from_nats(logp + D * math.log(a), D) + math.log2(n_bins)
     return bpd, z, nfe
 
 

@@ -23,6 +23,8 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
+from score_toolkit.registry import Registry
+
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -52,7 +54,8 @@ class SDE(abc.ABC):
     Attributes:
       N: number of discretisation steps (the length of the classic discrete chain).
       sampling_eps: the smallest time samplers integrate to (documented per SDE).
-      conditioning: what a network conditions on: "time" (999 t, VP-type) or "sigma" (VE).
+      conditioning: what a network conditions on: "time" (999 t, VP-type) or "sigma" (VE); the
+        labels themselves are made in `models.precond`, the one place that reads networks.
       parametrization: what a network predicts by default: "eps" (VP-type) or "score" (VE).
     """
 
@@ -208,14 +211,6 @@ class SDE(abc.ABC):
     @abc.abstractmethod
     def discrete_coeffs(self, t: Tensor) -> Tuple[Tensor, Tensor]:
         """(alpha_i, sigma_i) of the classic discrete chain at the index i nearest to t (each shaped like t)."""
-
-    # ----- noise conditioning (a question about the SDE, answered by the SDE) -----
-    def noise_label(self, t: Tensor, continuous: bool = True) -> Tensor:
-        """What a network is conditioned on at time t: 999 t (or the integer step) for VP-type
-        SDEs, sigma(t) (or the discrete sigma_i) for VE."""
-        if self.conditioning == "sigma":
-            return self._sigma(t) if continuous else self.discrete_coeffs(t)[1]
-        return t * 999 if continuous else self.discrete_index(t).to(t.dtype)
 
     def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
         """The reverse-time SDE, or with `probability_flow=True` the probability-flow ODE."""
@@ -533,12 +528,11 @@ class VESDE(SDE):
         return torch.ones_like(sigma), sigma
 
 
-_SDES = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE}
+SDES = Registry("SDE", case_insensitive=True)
+for _name, _cls in (("vpsde", VPSDE), ("subvpsde", subVPSDE), ("vesde", VESDE)):
+    SDES.register(_name)(_cls)
 
 
 def get_sde(name: str, **kwargs) -> SDE:
     """Build an SDE by name ('vpsde', 'subvpsde', 'vesde'; case-insensitive)."""
-    key = name.lower()
-    if key not in _SDES:
-        raise ValueError(f"unknown SDE {name!r}; known: {', '.join(sorted(_SDES))}")
-    return _SDES[key](**kwargs)
+    return SDES.get(name)(**kwargs)

@@ -26,10 +26,14 @@ def get_default_config() -> ml_collections.ConfigDict:
     sde.schedule = "linear"       # linear | cosine (VP-type)
     sde.sigma_min = 0.01
     sde.sigma_max = 50.0
+    sde.cosine_s = 0.008          # the cosine schedule's offset s (VP-type)
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "mlp"
     model.ema_rate = 0.999
+    # What the network predicts: "auto" (the SDE's default: eps for VP-type, score for VE), "eps",
+    # "score", "x0" or "v". models/precond.py turns each into scores and x0 estimates.
+    model.parametrization = "auto"
     model.dim = 2
     model.hidden = 128
     model.num_layers = 3
@@ -61,11 +65,17 @@ def get_default_config() -> ml_collections.ConfigDict:
     optim.grad_clip = 1.0         # max gradient norm; 0 turns clipping off
 
     config.sampling = sampling = ml_collections.ConfigDict()
-    sampling.method = "pc"        # pc | ode
+    sampling.method = "pc"        # pc | ode | any name in samplers.list_samplers()
+    sampling.steps = 20           # steps of the few-step samplers (ddim, dpm_solver, dpmpp_*, heun)
+    sampling.grid = ""            # time grid of those samplers: "" (the sampler's own default) or samplers.list_grids()
+    sampling.eta = 0.0            # ddim: 0 deterministic, 1 ancestral
+    sampling.order = 3            # dpm_solver: 1, 2 or 3
+    sampling.s_churn = 0.0        # heun: EDM's stochasticity
     sampling.predictor = "reverse_diffusion"
     sampling.corrector = "langevin"
     sampling.snr = 0.16
     sampling.n_steps = 1
+    sampling.corrector_options = ml_collections.ConfigDict({"norm": "batch"})  # langevin: "batch" or "sample" norms
     sampling.N = 500              # time steps of the PC sampler
     sampling.eps = 1e-3           # last time of the sampler
     sampling.denoise = True

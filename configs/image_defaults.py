@@ -35,7 +35,7 @@ def get_image_config(data: str, sde: str, network: str, width: str) -> ml_collec
     config.data = ml_collections.ConfigDict(dict(kind="images", centered=True, **DATA[data]))
     config.sde.name = sde
     config.model = ml_collections.ConfigDict(dict(
-        name=network, ema_rate=0.999 if width == "small" else 0.9999, centered=True,
+        name=network, ema_rate=0.999 if width == "small" else 0.9999, parametrization="auto", centered=True,
         num_channels=config.data.num_channels, image_size=config.data.image_size,
         resamp_with_conv=True, conditional=True, conv_size=3, **NETWORK[network], **WIDTH[width]))
     t = config.training

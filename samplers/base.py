@@ -19,7 +19,7 @@ import torch
 from sde_lib import SDE, append_dims
 from samplers.grids import get_grid
 from samplers.guards import GuardedScore, check_eps, check_positive_int, make_generator
-from samplers.registry import Registry
+from score_toolkit.registry import Registry
 
 Tensor = torch.Tensor
 _SAMPLERS = Registry("sampler")

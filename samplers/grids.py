@@ -15,7 +15,7 @@ from typing import Union
 import torch
 
 from sde_lib import SDE
-from samplers.registry import Registry
+from score_toolkit.registry import Registry
 
 Tensor = torch.Tensor
 _GRIDS = Registry("grid")

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from sde_lib import SDE, append_dims
-from samplers.registry import Registry
+from score_toolkit.registry import Registry
 
 Tensor = torch.Tensor
 _PREDICTORS = Registry("predictor")

@@ -18,10 +18,7 @@ import samplers
 import sde_lib
 
 Tensor = torch.Tensor
-SDE_KEYS = {"vpsde": ("beta_min", "beta_max", "N", "schedule"),
-            "subvpsde": ("beta_min", "beta_max", "N", "schedule"),
-            "vesde": ("sigma_min", "sigma_max", "N")}
-MODEL_META_KEYS = ("name", "ema_rate")
+MODEL_META_KEYS = ("name", "ema_rate", "parametrization")  # config.model keys that are not network arguments
 
 
 class ConfigError(ValueError):
@@ -53,12 +50,18 @@ def _get(config, key: str):
     return node
 
 
+def sde_kwargs(config, cls) -> dict:
+    """The config.sde keys that `cls.__init__` takes (every constructor argument is settable)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: config.sde[k] for k in params if k != "self" and k in config.sde}
+
+
 def build_sde(config) -> sde_lib.SDE:
-    """The SDE named by config.sde.name with the keys that SDE takes."""
-    _one_of(config, "sde.name", SDE_KEYS)
-    kwargs = {k: config.sde[k] for k in SDE_KEYS[config.sde.name]}
+    """The SDE named by config.sde.name, built from the config.sde keys its constructor takes."""
+    _one_of(config, "sde.name", sde_lib.SDES.names())
+    cls = sde_lib.SDES.get(config.sde.name)
     try:
-        return sde_lib.get_sde(config.sde.name, **kwargs)
+        return cls(**sde_kwargs(config, cls))
     except ValueError as e:
         raise ConfigError(f"config.sde: {e}") from e
 
@@ -85,6 +88,12 @@ def build_model(config) -> torch.nn.Module:
         raise ConfigError(f"config.model: {e}") from e
 
 
+def build_precond(config, sde: sde_lib.SDE, net: torch.nn.Module) -> models.Precond:
+    """The wrapper that turns `net`'s output into scores, x0 and eps estimates (`models.precond`)."""
+    param = config.model.parametrization
+    return models.Precond(sde, net, None if param == "auto" else param, continuous=config.training.continuous)
+
+
 def build_loss(config, sde: sde_lib.SDE) -> Callable:
     t = config.training
     try:
@@ -96,18 +105,39 @@ def build_loss(config, sde: sde_lib.SDE) -> Callable:
 
 def build_sampler(config, sde: sde_lib.SDE) -> Callable[..., Tuple[Tensor, int]]:
     """sample(score_fn, shape, seed) -> (x, nfe) with the configured sampler, on config.device
-    (the seed drives a generator on that device: the same seed gives other samples on another)."""
+    (the seed drives a generator on that device: the same seed gives other samples on another).
+
+    "pc" and "ode" read their own keys (predictor, corrector, N, ode_method, ...); every other
+    registered sampler gets steps, grid (config.sampling.grid, "" for its default) and eps, plus each
+    config.sampling key named like one of its keyword arguments (eta, order, s_churn, rtol, ...)."""
     s, device = config.sampling, get_device(config)
     if s.method == "ode":
         def sample(score_fn, shape, seed):
             return samplers.ode_sample(sde, score_fn, shape, rtol=s.rtol, atol=s.atol, eps=s.eps, method=s.ode_method,
                                        steps=s.ode_steps, denoise=s.denoise, seed=seed, device=device)
-    else:
+    elif s.method == "pc":
         def sample(score_fn, shape, seed):
             return samplers.pc_sample(sde, score_fn, shape, predictor=s.predictor, corrector=s.corrector, snr=s.snr,
                                       n_steps=s.n_steps, N=s.N, eps=s.eps, denoise=s.denoise, seed=seed,
-                                      device=device)
+                                      device=device, corrector_options=corrector_options(config))
+    else:
+        fn = samplers.get_sampler(s.method)
+        extra = {k: s[k] for k in inspect.signature(fn).parameters if k in s and k not in _COMMON_SAMPLING}
+
+        def sample(score_fn, shape, seed):
+            return fn(sde, score_fn, shape, steps=s.steps, grid=s.grid or None, eps=s.eps, seed=seed, device=device,
+                      **extra)
     return sample
+
+
+# Sampler arguments that build_sampler sets itself, or that mean something else in config.sampling.
+_COMMON_SAMPLING = ("steps", "grid", "eps", "seed", "device", "N", "n_steps", "method", "batch_size", "n_samples")
+
+
+def corrector_options(config) -> dict:
+    """config.sampling.corrector_options, limited to what the configured corrector takes."""
+    takes = inspect.signature(samplers.get_corrector(config.sampling.corrector).__init__).parameters
+    return {k: v for k, v in config.sampling.corrector_options.items() if k in takes}
 
 
 def get_device(config) -> torch.device:
@@ -150,14 +180,16 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Every check that can fail before training or evaluation starts."""
+def validate_config(config: ml_collections.ConfigDict) -> torch.nn.Module:
+    """Every check that can fail before training or evaluation starts. Returns the network, built
+    (on the CPU) with the weights that torch.manual_seed(config.seed) gives, so callers need not
+    build it again."""
     _one_of(config, "data.kind", ("points", "images"))
     _positive(config, "num_threads", integer=True, allow_zero=True)
     get_device(config)
     for key in ("training.batch_size", "training.n_iters", "training.log_freq",
                 "training.snapshot_freq", "training.checkpoint_freq", "training.keep_checkpoints",
-                "sampling.N", "sampling.n_steps", "sampling.n_samples", "sampling.batch_size",
+                "sampling.N", "sampling.n_steps", "sampling.steps", "sampling.n_samples", "sampling.batch_size",
                 "eval.batch_size", "eval.n_nll", "eval.n_samples", "eval.n_probes", "sde.N"):
         _positive(config, key, integer=True)
     for key in ("optim.lr", "sampling.snr", "sampling.rtol", "sampling.atol", "eval.nll_rtol", "eval.nll_atol"):
@@ -170,13 +202,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for key in ("training.eps", "sampling.eps", "eval.nll_eps"):
         value = _get(config, key)
         _require(isinstance(value, float) and 0 < value < sde.T, key, value, f"must lie in (0, T) = (0, {sde.T:g})")
-    _one_of(config, "sampling.method", ("pc", "ode"))
-    _one_of(config, "sampling.predictor", samplers.list_predictors())
-    _one_of(config, "sampling.corrector", samplers.list_correctors())
-    _one_of(config, "sampling.ode_method", samplers.ode_methods())
+    _validate_sampling(config)
     _one_of(config, "eval.divergence", ("exact", "rademacher", "gaussian"))
     build_loss(config, sde)
-    build_model(config)
+    _validate_parametrization(config, sde)
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG stays as it was
+        torch.manual_seed(config.seed)
+        net = build_model(config)
     weights = config.eval.weights_path
     _require(not weights or os.path.isfile(weights), "eval.weights_path", weights,
              "must name an existing file written by --mode export, or be '' to use the workdir's checkpoints")
@@ -187,6 +219,37 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _positive(config, "data.n_test", integer=True)
     else:
         _validate_images(config)
+    return net
+
+
+def _validate_sampling(config) -> None:
+    _one_of(config, "sampling.method", samplers.list_samplers())
+    _one_of(config, "sampling.predictor", samplers.list_predictors())
+    _one_of(config, "sampling.corrector", samplers.list_correctors())
+    _one_of(config, "sampling.ode_method", samplers.ode_methods())
+    grid = config.sampling.grid
+    _require(grid == "" or grid in samplers.list_grids(), "sampling.grid", grid,
+             f"must be '' (the sampler's default) or one of {samplers.list_grids()}")
+
+
+def _validate_parametrization(config, sde) -> None:
+    """Combinations of network and SDE settings that mean nothing are refused, naming both keys."""
+    m = config.model
+    _require(m.parametrization in ("auto",) + models.PARAMETRIZATIONS, "model.parametrization", m.parametrization,
+             f"must be 'auto' (the SDE's default: {sde.parametrization!r} for {config.sde.name}) or one of "
+             f"{list(models.PARAMETRIZATIONS)}")
+    if m.get("scale_by_sigma", False):
+        _require(sde.conditioning == "sigma", "model.scale_by_sigma", True,
+                 f"the network divides its output by its noise label, which is 999 t, not sigma, for "
+                 f"config.sde.name = {config.sde.name!r}; use scale_by_sigma=False or a VE SDE")
+        param = sde.parametrization if m.parametrization == "auto" else m.parametrization
+        _require(param == "score", "model.scale_by_sigma", True,
+                 f"a network that divides by sigma predicts the score, but config.model.parametrization = "
+                 f"{m.parametrization!r} ({param!r})")
+    if "centered" in m and "centered" in config.data:
+        _require(m.centered == config.data.centered, "model.centered", m.centered,
+                 f"must equal config.data.centered = {config.data.centered!r} (the network would rescale "
+                 f"data that are already in its range, or miss data that are not)")
 
 
 def _validate_images(config) -> None:

@@ -63,7 +63,8 @@ def main(argv):
     from score_toolkit import training
 
     config, workdir = FLAGS.config, FLAGS.workdir or default_workdir()
-    builders.validate_config(config)
+    if FLAGS.mode in ("classifier", "stats"):  # the other modes validate the config themselves
+        builders.validate_config(config)
     builders.configure_runtime(config)
     os.makedirs(workdir, exist_ok=True)
     logging.get_absl_handler().use_absl_log_file("log", workdir)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -22,12 +21,15 @@ class PointData:
 
     def __init__(self, config):
         self.name = config.data.name
-        self.train, self.test = toy_data.load_points(self.name, config.data.n_train, config.data.n_test, config.seed)
+        self.train, self.test, self.train_labels, self.test_labels = toy_data.load_points(
+            self.name, config.data.n_train, config.data.n_test, config.seed, labels=True)
         self.true_density = toy_data.true_density(self.name)
 
-    def train_batch(self, batch_size: int, generator: torch.Generator) -> Tensor:
-        """batch_size training points drawn with replacement by `generator`."""
-        return self.train[torch.randint(0, len(self.train), (batch_size,), generator=generator)]
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """batch_size training points drawn with replacement by `generator`, and their conditioning:
+        {"y": class labels [B]} when the data set has labels, else {}."""
+        idx = torch.randint(0, len(self.train), (batch_size,), generator=generator)
+        return self.train[idx], _labels(self.train_labels, idx)
 
     def sample_shape(self, n: int) -> tuple:
         return (n, self.train.shape[1])
@@ -52,7 +54,7 @@ class PointData:
         logp, _, nfe = likelihood.log_likelihood(sde, score_fn, x, divergence=e.divergence, n_probes=e.n_probes,
                                                  rtol=e.nll_rtol, atol=e.nll_atol, eps=e.nll_eps, seed=seed)
         nats = -logp.double().cpu()
-        return nats, nats / (x[0].numel() * math.log(2)), nfe
+        return nats, likelihood.bits_from_nats(nats, x[0].numel()), nfe
 
 
 class ImageData:
@@ -89,12 +91,13 @@ class ImageData:
         """The test images in model space."""
         return self.scaler(image_data.to_unit_interval(self.test_uint8))
 
-    def train_batch(self, batch_size: int, generator: torch.Generator) -> Tensor:
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """A batch of training images in model space, and {"y": their class labels [B]}."""
         idx = torch.randint(0, len(self.train_uint8), (batch_size,), generator=generator)
         images = self.train_uint8[idx]
         if self.random_flip:
             images = image_data.random_hflip(images, generator)
-        return self.scaler(image_data.to_unit_interval(images))
+        return self.scaler(image_data.to_unit_interval(images)), _labels(self.train_labels, idx)
 
     def sample_shape(self, n: int) -> tuple:
         d = self.config.data  # load_split returns images of exactly this shape
@@ -126,7 +129,11 @@ class ImageData:
                                               divergence=e.divergence, n_probes=e.n_probes,
                                               rtol=e.nll_rtol, atol=e.nll_atol, eps=e.nll_eps)
         bpd = bpd.double().cpu()
-        return bpd * (k[0].numel() * math.log(2)), bpd, nfe
+        return likelihood.nats_from_bits(bpd, k[0].numel()), bpd, nfe
+
+
+def _labels(labels: Optional[Tensor], idx: Tensor) -> Dict[str, Tensor]:
+    return {} if labels is None else {"y": labels[idx]}
 
 
 def load(config):

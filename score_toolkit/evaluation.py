@@ -15,11 +15,10 @@ from tqdm.auto import tqdm
 from score_toolkit import builders
 from score_toolkit import checkpoints
 from score_toolkit import data_lib
-import models
 from models import checkpoint_convert
 
 
-def load_ema_model(config, workdir: str):
+def load_ema_model(config, workdir: str, net=None):
     """(network on the CPU with the EMA weights of the newest readable checkpoint, its step).
 
     With config.eval.weights_path set, the weights come from that file (written by `export`)
@@ -27,7 +26,7 @@ def load_ema_model(config, workdir: str):
     <workdir>/checkpoints loads too.
     """
     torch.manual_seed(config.seed)
-    model = builders.build_model(config)
+    model = builders.build_model(config) if net is None else net
     if config.eval.weights_path:
         state = checkpoints.load_checkpoint(config.eval.weights_path)
         checkpoint_convert.load_reference_state_dict(model, state["model"])
@@ -46,7 +45,7 @@ def export(config, workdir: str) -> str:
     """Write the newest checkpoint's EMA weights alone, {"model": state dict, "step"}, to
     <workdir>/export/ema_step<step>.pt: a fraction of a checkpoint's size (no optimizer state,
     no raw weights), for sampling and evaluation through config.eval.weights_path."""
-    model, step = load_ema_model(config, workdir)
+    model, step = load_ema_model(config, workdir, builders.validate_config(config))
     path = os.path.join(workdir, "export", f"ema_step{step}.pt")
     checkpoints.atomic_save({"model": model.state_dict(), "step": step}, path)
     logging.info("wrote %s (%.1f MB)", path, os.path.getsize(path) / 2 ** 20)
@@ -80,19 +79,23 @@ class BatchLog:
 def heldout_loss(config, sde, model, data) -> float:
     """The training loss on the test split, with a fixed generator."""
     loss_fn = builders.build_loss(config, sde)
-    score_fn = models.get_score_fn(sde, model, continuous=config.training.continuous)
+    wrapped = builders.build_precond(config, sde, model)
     g = torch.Generator().manual_seed(config.seed + 2)
     bs, device = config.eval.batch_size, builders.get_device(config)
+    labels = data.test_labels
+    total = 0.0
     with torch.no_grad():
-        batches = (data.test[i:i + bs] for i in range(0, len(data.test), bs))
-        vals = [loss_fn(score_fn, x.to(device), g).item() * len(x) for x in batches]
-    return sum(vals) / len(data.test)
+        for i in range(0, len(data.test), bs):
+            x = data.test[i:i + bs]
+            cond = wrapped.select({} if labels is None else {"y": labels[i:i + bs].to(device)})
+            total += loss_fn(wrapped, x.to(device), g, **cond).item() * len(x)
+    return total / len(data.test)
 
 
 def heldout_nll(config, sde, model, data, out_dir: str, ckpt_step: int) -> Dict[str, float]:
     """Mean NLL of the first eval.n_nll test items, in nats and bits/dim; the true NLL where known."""
     e, device = config.eval, builders.get_device(config)
-    score_fn = models.get_score_fn(sde, model, continuous=config.training.continuous)
+    score_fn = builders.build_precond(config, sde, model)
     n_total = min(e.n_nll, len(data.test))
     log = BatchLog(os.path.join(out_dir, "nll_batches.jsonl"), ckpt_step)
     starts = list(range(0, n_total, e.batch_size))
@@ -116,7 +119,7 @@ def heldout_nll(config, sde, model, data, out_dir: str, ckpt_step: int) -> Dict[
 
 def draw_samples(config, sde, model, data, out_dir: str, ckpt_step: int, n: int) -> torch.Tensor:
     """n samples in batches of sampling.batch_size; each batch saved as .npz as soon as it is done."""
-    score_fn = models.get_score_fn(sde, model, continuous=config.training.continuous)
+    score_fn = builders.build_precond(config, sde, model)
     sample = builders.build_sampler(config, sde)
     folder = os.path.join(out_dir, f"samples_ckpt{ckpt_step}")
     os.makedirs(folder, exist_ok=True)
@@ -136,9 +139,9 @@ def draw_samples(config, sde, model, data, out_dir: str, ckpt_step: int, n: int)
 def _prepare(config, workdir: str, eval_folder: str):
     """What `evaluate` and `sample` start from: (sde, data, EMA model on config.device, its step,
     the output folder)."""
-    builders.validate_config(config)
+    net = builders.validate_config(config)
     sde, data = builders.build_sde(config), data_lib.load(config)
-    model, ckpt_step = load_ema_model(config, workdir)
+    model, ckpt_step = load_ema_model(config, workdir, net)
     out_dir = os.path.join(workdir, eval_folder)
     os.makedirs(out_dir, exist_ok=True)
     return sde, data, model.to(builders.get_device(config)), ckpt_step, out_dir

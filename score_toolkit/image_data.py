@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+import likelihood
+
 KNOWN_DATASETS = ("fashion_mnist", "mnist", "cifar10", "folder")
 SPLITS = ("train", "test")
 DEFAULT_ROOTS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
@@ -355,9 +357,8 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
-def scaler_coefficients(centered: bool) -> Tuple[float, float]:
-    """(a, b) of the data -> model map x = a*y + b: (2, -1) when centered, else (1, 0)."""
-    return (2.0, -1.0) if centered else (1.0, 0.0)
+# One dequantizer and one data scale for training, sampling and bits/dim: those of `likelihood`.
+scaler_coefficients, dequantize = likelihood.data_scale, likelihood.dequantize
 
 
 def get_scaler(centered: bool) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -370,22 +371,3 @@ def get_inverse_scaler(centered: bool) -> Callable[[torch.Tensor], torch.Tensor]
     """x -> y = (x + 1) / 2 when centered, else y = x (inverse of get_scaler)."""
     a, b = scaler_coefficients(centered)
     return lambda x: (x - b) / a
-
-
-def dequantize(images: torch.Tensor, generator: Optional[torch.Generator] = None, *,
-               noise: Optional[torch.Tensor] = None, n_bins: int = 256,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Uniform dequantization y = (k + u) / n_bins, u ~ U[0, 1), so y lies in [k/n, (k+1)/n).
-
-    A density on y then bounds the discrete likelihood of k, and bits/dim is
-    bpd = -(logp_x + D*log a) / (D*ln 2) + log2(n_bins) with x = a*y + b (scaler_coefficients).
-    images: uint8 (or integer) levels [N, ...]; noise: a fixed u of the same shape (for reusing
-    one dequantization), else drawn with `generator`.
-    """
-    levels = images.to(dtype)
-    if noise is None:
-        noise = torch.rand(images.shape, generator=generator, dtype=dtype)
-    y = (levels + noise.to(dtype)) / n_bins
-    # k + u rounds up to k + 1 when u is within half an ulp of 1; keep the interval half-open.
-    upper = torch.nextafter((levels + 1) / n_bins, torch.zeros((), dtype=dtype))
-    return torch.minimum(y, upper)

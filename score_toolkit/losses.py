@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import torch
 
 from sde_lib import SDE, append_dims
+from models.precond import Precond, eps_error
 
 Tensor = torch.Tensor
 WEIGHTINGS = ("std2", "likelihood")
@@ -64,7 +65,10 @@ class ImportanceTimeSampler:
 def get_loss_fn(sde: SDE, continuous: bool = True, weighting: str = "std2",
                 importance_sampling: bool = False, reduce: str = "mean", eps: float = 1e-5
                 ) -> Callable[..., Tensor]:
-    """Returns loss_fn(score_fn, x0, generator=None) -> scalar: the DSM loss averaged over the batch.
+    """Returns loss_fn(model, x0, generator=None, **cond) -> scalar: the DSM loss averaged over the batch.
+
+    `model` is a `models.Precond` wrapper (trained through its raw output) or any score_fn(x, t, **cond);
+    `cond` (e.g. class labels [B]) goes to every call.
 
     continuous=True: t ~ U(eps, T) (or importance-sampled), the continuous-time objective.
     continuous=False: the classic discrete losses, t on the N-step chain's times i/(N-1) T:
@@ -82,7 +86,7 @@ def get_loss_fn(sde: SDE, continuous: bool = True, weighting: str = "std2",
         raise ValueError("the discrete DDPM / SMLD losses use weighting='std2'")
     sampler = ImportanceTimeSampler(sde, eps) if importance_sampling else None
 
-    def loss_fn(score_fn, x0: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    def loss_fn(model, x0: Tensor, generator: Optional[torch.Generator] = None, **cond) -> Tensor:
         B = x0.shape[0]
         if not continuous:
             i = torch.randint(0, sde.N, (B,), generator=generator).to(x0.device)
@@ -95,13 +99,21 @@ def get_loss_fn(sde: SDE, continuous: bool = True, weighting: str = "std2",
             t = eps + (sde.T - eps) * torch.rand(B, generator=generator, dtype=torch.float64).to(x0.device)
             alpha, sigma = sde.marginal_coeffs(t)
         z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        x_t = append_dims(alpha.to(x0.dtype), x0.ndim) * x0 + append_dims(sigma.to(x0.dtype), x0.ndim) * z
-        s = score_fn(x_t, t.to(x0.dtype))
-        # sigma^2 ||s + z/sigma||^2 = ||sigma s + z||^2, written so that small sigma keeps its digits.
-        per_sample = _reduce((append_dims(sigma.to(x0.dtype), x0.ndim) * s + z) ** 2, reduce)
+        a, s = alpha.to(x0.dtype), sigma.to(x0.dtype)
+        x_t = append_dims(a, x0.ndim) * x0 + append_dims(s, x0.ndim) * z
+        per_sample = _reduce(_eps_error(model, x_t, t.to(x0.dtype), x0, z, a, s, cond) ** 2, reduce)
         return (per_sample * _weight(sde, t, sigma, weighting, sampler, eps).to(x0.dtype)).mean()
 
     return loss_fn
+
+
+def _eps_error(model, x_t, t, x0, z, alpha, sigma, cond) -> Tensor:
+    """eps_hat - z, so that ||.||^2 = sigma^2 ||s_hat - s_true||^2. A `Precond` wrapper is trained
+    through its network's raw output (no division by sigma undone by a multiplication); any other
+    score_fn(x, t, **cond) through its score, as sigma s + z."""
+    if isinstance(model, Precond):
+        return eps_error(model.parametrization, model.raw(x_t, t, **cond), x0, z, alpha, sigma)
+    return torch.addcmul(z, append_dims(sigma, x0.ndim), model(x_t, t, **cond))
 
 
 def _weight(sde: SDE, t: Tensor, sigma: Tensor, weighting: str, sampler, eps: float) -> Tensor:

@@ -11,6 +11,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from score_toolkit.analytic import GaussianMixture
+from score_toolkit.registry import Registry
 
 Tensor = torch.Tensor
 
@@ -51,12 +52,10 @@ def checkerboard(n: int, generator: Optional[torch.Generator] = None) -> Tensor:
 
 
 _GMM = gaussian_mixture()
-DATASETS: Dict[str, Callable[[int, Optional[torch.Generator]], Tensor]] = {
-    "swiss_roll": swiss_roll,
-    "gmm": lambda n, g=None: _GMM.sample(n, g),
-    "moons": moons,
-    "checkerboard": checkerboard,
-}
+DATASETS = Registry("point data set")  # name -> draw(n, generator) -> [n, 2]
+for _name, _draw in (("swiss_roll", swiss_roll), ("gmm", lambda n, g=None: _GMM.sample(n, g)),
+                     ("moons", moons), ("checkerboard", checkerboard)):
+    DATASETS.register(_name)(_draw)
 
 
 def true_log_prob(name: str) -> Optional[Callable[[Tensor], Tensor]]:
@@ -68,18 +67,21 @@ def true_density(name: str) -> Optional[GaussianMixture]:
     return _GMM if name == "gmm" else None
 
 
-def load_points(name: str, n_train: int, n_test: int, seed: int) -> Tuple[Tensor, Tensor]:
-    """Fixed train [n_train, 2] and test [n_test, 2] splits of data set `name`."""
+# Data sets whose points carry a class label (the mixture component that drew them).
+LABELLED: Dict[str, Callable[[int, Optional[torch.Generator]], Tuple[Tensor, Tensor]]] = {
+    "gmm": lambda n, g=None: _GMM.sample(n, g, return_labels=True),
+}
+
+
+def load_points(name: str, n_train: int, n_test: int, seed: int, labels: bool = False) -> Tuple:
+    """Fixed train [n_train, 2] and test [n_test, 2] splits of data set `name`; with `labels`,
+    also their labels ([n] int64, or None for an unlabelled set): (train, test, train_y, test_y)."""
     if name not in DATASETS:
         raise ValueError(f"config.data.name: unknown point data set {name!r}; known: {', '.join(sorted(DATASETS))}")
-    g = torch.Generator().manual_seed(seed)
-    train = DATASETS[name](n_train, g)
-    test = DATASETS[name](n_test, torch.Generator().manual_seed(seed + 1_000_003))
-    return train, test
-
-
-# ---------------------------------------------------------------------------------------------
-# Distances between point clouds (sample quality for point data).
+    draw = LABELLED.get(name, lambda n, g: (DATASETS[name](n, g), None))  # the same draws either way
+    train, train_y = draw(n_train, torch.Generator().manual_seed(seed))
+    test, test_y = draw(n_test, torch.Generator().manual_seed(seed + 1_000_003))
+    return (train, test, train_y, test_y) if labels else (train, test)
 
 
 def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 256, seed: int = 0) -> float:

@@ -28,11 +28,12 @@ from score_toolkit import plotting
 class TrainState:
     """Model, EMA, optimizer, step and RNG states: everything a run needs to continue exactly."""
 
-    def __init__(self, config):
+    def __init__(self, config, net: Optional[torch.nn.Module] = None):
+        """`net`: the network as `builders.validate_config` built it (seeded by config.seed); built here if None."""
         torch.manual_seed(config.seed)  # seeds CUDA's generators too
         self.device = builders.get_device(config)
         # Built on the CPU, then moved: the same seed gives the same initial weights on every device.
-        self.model = builders.build_model(config).to(self.device)
+        self.model = (net if net is not None else builders.build_model(config)).to(self.device)
         self.ema = models.ExponentialMovingAverage(self.model.parameters(), decay=config.model.ema_rate)
         o = config.optim
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.lr, betas=(o.beta1, 0.999), eps=o.eps,
@@ -70,11 +71,12 @@ def _lr(config, step: int) -> float:
     return config.optim.lr * min(1.0, (step + 1) / warmup) if warmup > 0 else config.optim.lr
 
 
-def train_step(state: TrainState, loss_fn, score_fn, batch: torch.Tensor, config) -> tuple:
-    """One optimizer step; returns (loss, grad_norm) as floats."""
+def train_step(state: TrainState, loss_fn, model, batch: torch.Tensor, config, cond: Optional[dict] = None) -> tuple:
+    """One optimizer step on `batch` with its conditioning `cond`; returns (loss, grad_norm) as floats.
+    `model` is the network's `models.Precond` wrapper (or any score_fn)."""
     for group in state.optimizer.param_groups:
         group["lr"] = _lr(config, state.step)
-    loss = loss_fn(score_fn, batch, state.generator)
+    loss = loss_fn(model, batch, state.generator, **(cond or {}))
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     clip = config.optim.grad_clip if config.optim.grad_clip > 0 else math.inf
@@ -88,8 +90,8 @@ def train_step(state: TrainState, loss_fn, score_fn, batch: torch.Tensor, config
     return loss_value, float(grad_norm)
 
 
-def resume_or_start(config, ckpt_dir: str) -> TrainState:
-    state = TrainState(config)
+def resume_or_start(config, ckpt_dir: str, net: Optional[torch.nn.Module] = None) -> TrainState:
+    state = TrainState(config, net)
     latest = checkpoints.load_latest(ckpt_dir)
     if latest is not None:
         step, saved = latest
@@ -109,7 +111,7 @@ def snapshot(state: TrainState, config, sde, data, workdir: str) -> str:
     devices = [state.device] if state.device.type == "cuda" else []
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            score_fn = models.get_score_fn(sde, state.model, continuous=config.training.continuous)
+            score_fn = builders.build_precond(config, sde, state.model)
             x, nfe = builders.build_sampler(config, sde)(score_fn, data.sample_shape(config.sampling.n_samples),
                                                          seed=config.seed + state.step)
     finally:
@@ -181,7 +183,7 @@ def train(config, workdir: str, max_steps: Optional[int] = None) -> TrainState:
     `max_steps` stops after that many steps of this call (a test hook); checkpoints still follow
     config.training.checkpoint_freq.
     """
-    builders.validate_config(config)
+    net = builders.validate_config(config)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -189,8 +191,8 @@ def train(config, workdir: str, max_steps: Optional[int] = None) -> TrainState:
     sde = builders.build_sde(config)
     data = data_lib.load(config)
     loss_fn = builders.build_loss(config, sde)
-    state = resume_or_start(config, ckpt_dir)
-    score_fn = models.get_score_fn(sde, state.model, continuous=config.training.continuous)
+    state = resume_or_start(config, ckpt_dir, net)
+    model = builders.build_precond(config, sde, state.model)
     metrics = MetricsLog(os.path.join(workdir, "metrics.jsonl"), state.step)
     t = config.training
     end = t.n_iters if max_steps is None else min(t.n_iters, state.step + max_steps)
@@ -198,8 +200,9 @@ def train(config, workdir: str, max_steps: Optional[int] = None) -> TrainState:
     t0, s0 = time.perf_counter(), state.step
     with StopRequest() as stop, tqdm(total=t.n_iters, initial=state.step, desc="train", dynamic_ncols=True) as bar:
         while state.step < end and stop.signum is None:
-            batch = data.train_batch(t.batch_size, state.generator).to(state.device)
-            loss, grad_norm = train_step(state, loss_fn, score_fn, batch, config)
+            batch, cond = data.train_batch(t.batch_size, state.generator)
+            cond = {k: v.to(state.device) for k, v in model.select(cond).items()}
+            loss, grad_norm = train_step(state, loss_fn, model, batch.to(state.device), config, cond)
             _stop_if_not_finite(loss, state.step + 1, ckpt_dir)
             bar.update(1)
             step = state.step

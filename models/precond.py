@@ -1,0 +1,151 @@
+"""The one place where a network's output becomes a score, an x0 estimate and a noise estimate.
+
+A raw network F(x, c_noise, **cond) predicts one of four targets of x_t = alpha x_0 + sigma z
+(alpha = alpha(t), sigma = sigma(t) of the SDE). In EDM's form (Karras et al. 2022, Table 1) the
+denoiser is
+
+    D(x_t) = E[x_0 | x_t] = c_skip x_t + c_out F(c_in x_t, c_noise),
+
+and for each parametrization (with n^2 = alpha^2 + sigma^2):
+
+    parametrization   F predicts            c_skip       c_out          c_in   c_noise
+    "eps"             z                     1/alpha      -sigma/alpha   1      999 t (VP-type) or sigma (VE)
+    "score"           grad log p_t = -z/s   1/alpha      sigma^2/alpha  1      (the same)
+    "x0"              x_0                   0            1              1
+    "v"               alpha z - sigma x_0   alpha/n^2    -sigma/n^2     1
+
+c_in = 1: the networks here (NCSN++, DDPM++, DDPM, the point MLP) take x_t as it is, as their
+reference checkpoints were trained. c_noise is the SDE's conditioning: VP-type SDEs label time by
+999 t (or the discrete step index), VE by sigma(t) (or the discrete sigma_i). A network built with
+`scale_by_sigma` divides its own output by that label (the reference NCSN parametrization), so it
+is a "score" network and needs sigma labels (`validate_config` refuses other combinations).
+
+The score and the noise estimate follow from D by s = (alpha D - x) / sigma^2, eps = -sigma s; each
+is computed here from (x, F) by its own closed form, so no output loses digits to cancellation at
+small sigma (e.g. s = -F / sigma for "eps", never (alpha D - x) / sigma^2).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from sde_lib import SDE, append_dims
+
+Tensor = torch.Tensor
+PARAMETRIZATIONS = ("eps", "score", "x0", "v")
+
+
+def noise_label(sde: SDE, t: Tensor, continuous: bool = True) -> Tensor:
+    """c_noise: 999 t (or the integer step) for time-conditioned SDEs, sigma(t) (or sigma_i) for VE."""
+    if sde.conditioning == "sigma":
+        return sde.marginal_coeffs(t)[1] if continuous else sde.discrete_coeffs(t)[1]
+    return t * 999 if continuous else sde.discrete_index(t).to(t.dtype)
+
+
+def _xf(param: str, alpha: Tensor, sigma: Tensor) -> Dict[str, Tuple[Tensor, Tensor]]:
+    """For each output (x0, eps, score): the pair (a, b) with output = a x + b F, float64 [B]."""
+    zero, one = torch.zeros_like(alpha), torch.ones_like(alpha)
+    if param == "eps":
+        return {"x0": (1 / alpha, -sigma / alpha), "eps": (zero, one), "score": (zero, -1 / sigma)}
+    if param == "score":
+        return {"x0": (1 / alpha, sigma ** 2 / alpha), "eps": (zero, -sigma), "score": (zero, one)}
+    if param == "x0":
+        return {"x0": (zero, one), "eps": (1 / sigma, -alpha / sigma), "score": (-1 / sigma ** 2, alpha / sigma ** 2)}
+    n2 = alpha ** 2 + sigma ** 2
+    return {"x0": (alpha / n2, -sigma / n2), "eps": (sigma / n2, alpha / n2), "score": (-1 / n2, -alpha / (sigma * n2))}
+
+
+def eps_error(param: str, F: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """eps_hat - z for a raw output F at x_t = alpha x0 + sigma z, written without cancellation.
+
+    ||eps_hat - z||^2 = sigma^2 ||s_hat - s_true||^2 is the DSM loss with weighting sigma^2:
+      eps:   F - z;   score: sigma F + z;   x0: alpha (x0 - F) / sigma;   v: alpha (F - v) / n^2.
+    alpha, sigma: [B] in F's dtype.
+    """
+    a, s = append_dims(alpha, F.ndim), append_dims(sigma, F.ndim)
+    if param == "eps":
+        return F - z
+    if param == "score":
+        return torch.addcmul(z, s, F)
+    if param == "x0":
+        return a * (x0 - F) / s
+    return a * (F - (a * z - s * x0)) / (a ** 2 + s ** 2)
+
+
+class Precond(nn.Module):
+    """A raw network wrapped for an SDE: `score`, `denoise` and `eps` from one network call each.
+
+    Calling the wrapper gives the score, so it is a `score_fn(x, t, **cond)` for samplers and the
+    likelihood. `raw(x, t, **cond)` is the network's own output F, which the losses train.
+
+    Args:
+      sde: the SDE whose alpha(t), sigma(t) and conditioning the scalings use.
+      net: a module called as net(x, c_noise, **cond).
+      parametrization: what net predicts, one of PARAMETRIZATIONS (default: `sde.parametrization`).
+      continuous: False for networks of the discrete DDPM / SMLD losses (step-index or sigma_i labels,
+        and alpha, sigma of the discrete chain).
+    """
+
+    def __init__(self, sde: SDE, net: nn.Module, parametrization: Optional[str] = None, continuous: bool = True):
+        super().__init__()
+        param = parametrization or sde.parametrization
+        if param not in PARAMETRIZATIONS:
+            raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}, got {param!r}")
+        self.sde, self.net, self.parametrization, self.continuous = sde, net, param, continuous
+        self.cond_keys = _cond_keys(net)
+
+    def select(self, cond: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """The part of a data batch's conditioning (e.g. {"y": labels}) that the network takes: an
+        unconditional network trains on labelled data without seeing the labels."""
+        return dict(cond) if self.cond_keys is None else {k: v for k, v in cond.items() if k in self.cond_keys}
+
+    def coefficients(self, t: Tensor) -> Dict[str, Tensor]:
+        """EDM's c_skip, c_out, c_in, c_noise at times t [B] (float64, [B] each)."""
+        alpha, sigma = self._alpha_sigma(t.double())
+        c_skip, c_out = _xf(self.parametrization, alpha, sigma)["x0"]
+        return {"c_skip": c_skip, "c_out": c_out, "c_in": torch.ones_like(alpha),
+                "c_noise": noise_label(self.sde, t, self.continuous)}
+
+    def _alpha_sigma(self, t64: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.sde.marginal_coeffs(t64) if self.continuous else self.sde.discrete_coeffs(t64)
+
+    def raw(self, x: Tensor, t: Tensor, **cond) -> Tensor:
+        """F(x, c_noise(t), **cond): the network's own output, shaped like x."""
+        if cond and self.cond_keys is not None:
+            unknown = sorted(set(cond) - set(self.cond_keys))
+            if unknown:
+                raise TypeError(f"conditioning argument {unknown[0]!r} is not taken by network "
+                                f"{type(self.net).__name__}; it takes {sorted(self.cond_keys) or 'no conditioning'}")
+        return self.net(x, noise_label(self.sde, t, self.continuous), **cond)
+
+    def _output(self, which: str, x: Tensor, t: Tensor, cond: dict) -> Tensor:
+        F = self.raw(x, t, **cond)
+        a, b = _xf(self.parametrization, *self._alpha_sigma(t.double()))[which]
+        if self.parametrization in ("eps", "score") and which != "x0":
+            return append_dims(b.to(F.dtype), F.ndim) * F  # a = 0: no x term to add
+        return torch.addcmul(append_dims(a.to(F.dtype), x.ndim) * x, append_dims(b.to(F.dtype), F.ndim), F)
+
+    def forward(self, x: Tensor, t: Tensor, **cond) -> Tensor:
+        """The score grad_x log p_t(x) [B, ...] at times t [B]."""
+        return self._output("score", x, t, cond)
+
+    score = forward
+
+    def denoise(self, x: Tensor, t: Tensor, **cond) -> Tensor:
+        """E[x_0 | x_t = x], the x0 estimate D(x) = c_skip x + c_out F."""
+        return self._output("x0", x, t, cond)
+
+    def eps(self, x: Tensor, t: Tensor, **cond) -> Tensor:
+        """E[z | x_t = x], the noise estimate -sigma(t) s(x, t)."""
+        return self._output("eps", x, t, cond)
+
+
+def _cond_keys(net: nn.Module) -> Optional[Tuple[str, ...]]:
+    """The keyword arguments net.forward takes after (x, c_noise); None if it takes **kwargs."""
+    params = list(inspect.signature(net.forward).parameters.values())[2:]
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))

@@ -19,7 +19,7 @@ import torch
 from torchdiffeq import odeint
 
 from sde_lib import SDE
-from samplers.guards import GuardedScore, check_eps, check_finite, check_positive_int, make_generator
+from samplers.guards import GuardedScore, check_eps, check_finite, check_one_of, check_positive_int, make_generator
 from samplers.ode import flow_drift, solve_flow, solver_options
 
 Tensor = torch.Tensor
@@ -79,8 +79,7 @@ def log_likelihood(sde: SDE, score_fn, x: Tensor, *, divergence: str = "exact",
     Returns (logp [B], z = x(T) [B, ...], nfe). Computes in x's dtype: pass float64 data (and a
     float64-capable score_fn) for float64 throughout.
     """
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    check_one_of("divergence", divergence, DIVERGENCES)
     n_probes = check_positive_int(n_probes, "n_probes")
     eps = check_eps(sde, eps)
     options = solver_options(method, steps, eps, sde.T)

@@ -23,6 +23,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
+from score_toolkit.checks import check_one_of, check_positive, check_positive_int
 from score_toolkit.registry import Registry
 
 Tensor = torch.Tensor
@@ -64,9 +65,7 @@ class SDE(abc.ABC):
     parametrization: str = "eps"
 
     def __init__(self, N: int):
-        if not isinstance(N, int) or N < 1:
-            raise ValueError(f"N must be a positive integer number of steps, got {N!r}")
-        self.N = N
+        self.N = check_positive_int(N, "N")
 
     # ----- what a subclass defines -----
     @property
@@ -279,14 +278,12 @@ class VPSDE(SDE):
     def __init__(self, beta_min: float = 0.1, beta_max: Optional[float] = None, N: int = 1000,
                  schedule: str = "linear", cosine_s: float = 0.008):
         super().__init__(N)
-        if schedule not in ("linear", "cosine"):
-            raise ValueError(f"schedule must be 'linear' or 'cosine', got {schedule!r}")
+        check_one_of("schedule", schedule, ("linear", "cosine"))
         if beta_max is None:  # linear: beta(1); cosine: where the schedule is cut (class docstring)
             beta_max = 20.0 if schedule == "linear" else 999.0
         if not 0 <= beta_min < beta_max:
             raise ValueError(f"need 0 <= beta_min < beta_max, got beta_min={beta_min}, beta_max={beta_max}")
-        if cosine_s <= 0:
-            raise ValueError(f"cosine_s must be > 0, got {cosine_s}")
+        check_positive(cosine_s, "cosine_s")
         self.beta_min, self.beta_max, self.schedule, self.cosine_s = beta_min, beta_max, schedule, cosine_s
         self._T = 1.0 if schedule == "linear" else self._cosine_end()
 

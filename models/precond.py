@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from sde_lib import SDE, append_dims
+from score_toolkit.checks import check_one_of
 
 Tensor = torch.Tensor
 PARAMETRIZATIONS = ("eps", "score", "x0", "v")
@@ -92,8 +93,7 @@ class Precond(nn.Module):
     def __init__(self, sde: SDE, net: nn.Module, parametrization: Optional[str] = None, continuous: bool = True):
         super().__init__()
         param = parametrization or sde.parametrization
-        if param not in PARAMETRIZATIONS:
-            raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}, got {param!r}")
+        check_one_of("parametrization", param, PARAMETRIZATIONS)
         self.sde, self.net, self.parametrization, self.continuous = sde, net, param, continuous
         self.cond_keys = _cond_keys(net)
 

@@ -11,6 +11,7 @@ and starts with `start(...)`, which checks every argument before the first score
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -26,8 +27,12 @@ _SAMPLERS = Registry("sampler")
 
 
 def register_sampler(name: str):
-    """Function decorator: `@register_sampler("name")` lists a `<name>_sample` function in `list_samplers()`."""
+    """Function decorator: `@register_sampler("name")` lists a `<name>_sample` function in `list_samplers()`
+    and runs it without autograd: a sampler called outside `torch.no_grad()` with a network would
+    otherwise keep every step's graph alive (a score that needs gradients, such as classifier
+    guidance, turns them on inside itself with `torch.enable_grad()`)."""
     def wrap(fn):
+        fn = functools.wraps(fn)(torch.no_grad()(fn))
         _SAMPLERS.register(name)(fn)
         return fn
     return wrap

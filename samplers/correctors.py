@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from sde_lib import SDE, append_dims
+from score_toolkit.checks import check_one_of, check_positive
 from score_toolkit.registry import Registry
 
 Tensor = torch.Tensor
@@ -40,8 +41,7 @@ def _norm(v: Tensor) -> Tensor:
 
 class Corrector(abc.ABC):
     def __init__(self, sde: SDE, score_fn, snr: float, n_steps: int):
-        if not snr > 0:
-            raise ValueError(f"snr must be > 0, got {snr!r}")
+        check_positive(snr, "snr")
         self.sde, self.score_fn, self.snr, self.n_steps = sde, score_fn, snr, n_steps
 
     def update(self, x: Tensor, t: Tensor, generator=None, t_next: Optional[Tensor] = None):
@@ -83,8 +83,7 @@ class LangevinCorrector(Corrector):
 
     def __init__(self, sde: SDE, score_fn, snr: float, n_steps: int, norm: str = "batch"):
         super().__init__(sde, score_fn, snr, n_steps)
-        if norm not in ("batch", "sample"):
-            raise ValueError(f"norm must be 'batch' or 'sample', got {norm!r}")
+        check_one_of("norm", norm, ("batch", "sample"))
         self.norm = norm
 
     def step_size(self, grad, z, t, t_next=None):

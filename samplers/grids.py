@@ -15,6 +15,7 @@ from typing import Union
 import torch
 
 from sde_lib import SDE
+from score_toolkit.checks import check_positive
 from score_toolkit.registry import Registry
 
 Tensor = torch.Tensor
@@ -55,8 +56,7 @@ def uniform_log_snr(sde: SDE, steps: int, eps: float) -> Tensor:
 def karras(sde: SDE, steps: int, eps: float, rho: float = 7.0) -> Tensor:
     """EDM's sigma_i = (sigma_max^(1/rho) + (i/n) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho in the
     noise-to-signal ratio sigma = sigma(t) / alpha(t) = e^-lambda (the VE sigma itself for VE)."""
-    if not rho > 0:
-        raise ValueError(f"rho must be > 0, got {rho!r}")
+    check_positive(rho, "rho")
     s_max, s_min = (-sde.log_snr(_ends(sde, eps))).exp()
     sig = (s_min ** (1 / rho) + _u(steps) * (s_max ** (1 / rho) - s_min ** (1 / rho))) ** rho
     return _pin_ends(sde.t_from_log_snr(-sig.log()), sde, eps)

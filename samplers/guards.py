@@ -7,24 +7,18 @@ from typing import Optional
 import torch
 
 from sde_lib import SDE
+from score_toolkit.checks import check_one_of, check_open_interval, check_positive, check_positive_int  # noqa: F401
 
 Tensor = torch.Tensor
+__all__ = ["check_eps", "check_one_of", "check_open_interval", "check_positive", "check_positive_int",
+           "check_finite", "check_cond", "make_generator", "GuardedScore"]
 
 
 def check_eps(sde: SDE, eps, name: str = "eps") -> float:
     """`eps` (default: the SDE's `sampling_eps`) as a float in the open interval (0, T)."""
     if eps is None:
         return sde.sampling_eps
-    eps = float(eps)
-    if not 0.0 < eps < sde.T:
-        raise ValueError(f"{name} must lie in (0, T) = (0, {sde.T:g}) for {type(sde).__name__}, got {eps!r}")
-    return eps
-
-
-def check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return check_open_interval(eps, name, 0.0, sde.T, f"(0, T) = (0, {sde.T:g}) for {type(sde).__name__}")
 
 
 def check_finite(x: Tensor, where: str, step: int, t: Tensor) -> None:

@@ -19,6 +19,7 @@ import torch
 
 from sde_lib import SDE, append_dims
 from models.precond import Precond, eps_error
+from score_toolkit.checks import check_one_of, check_open_interval
 
 Tensor = torch.Tensor
 WEIGHTINGS = ("std2", "likelihood")
@@ -29,11 +30,6 @@ def _reduce(per_dim: Tensor, reduce: str) -> Tensor:
     """Per-sample sum or mean over all but the batch dimension: [B, ...] -> [B]."""
     flat = per_dim.flatten(1)
     return flat.sum(1) if reduce == "sum" else flat.mean(1)
-
-
-def _check(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 class ImportanceTimeSampler:
@@ -76,10 +72,9 @@ def get_loss_fn(sde: SDE, continuous: bool = True, weighting: str = "std2",
       sigma_i^2 = 1 - alpha_bar_i; for VE the SMLD loss with sigma_i from the noise ladder.
       Use it with `models.get_score_fn(..., continuous=False)`.
     """
-    _check("weighting", weighting, WEIGHTINGS)
-    _check("reduce", reduce, REDUCTIONS)
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T:g}), got {eps!r}")
+    check_one_of("weighting", weighting, WEIGHTINGS)
+    check_one_of("reduce", reduce, REDUCTIONS)
+    check_open_interval(eps, "eps", 0.0, sde.T, f"(0, T) = (0, {sde.T:g})")
     if importance_sampling and weighting != "likelihood":
         raise ValueError("importance_sampling applies to weighting='likelihood' only")
     if not continuous and weighting != "std2":

@@ -68,7 +68,7 @@ def test_bad_grids_are_refused_naming_the_argument():
         samplers.check_grid(torch.tensor([1.0, 0.0]), sde)
     with pytest.raises(ValueError, match="at least 2 times"):
         samplers.check_grid(torch.tensor([1.0]), sde)
-    with pytest.raises(ValueError, match="unknown grid 'cosine'; registered grids: karras, quadratic"):
+    with pytest.raises(ValueError, match="unknown grid 'cosine'; registered grids: .*karras, quadratic"):
         samplers.get_grid("cosine", sde, 5, 1e-3)
     calls = []
     with pytest.raises(ValueError, match="grid must be strictly decreasing"):

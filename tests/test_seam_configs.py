@@ -25,7 +25,7 @@ def _set(config, **kv):
      r"config.model.scale_by_sigma = True .*predicts the score, but config.model.parametrization = 'eps'"),
     ({"model.parametrization": "epsilon"},
      r"config.model.parametrization = 'epsilon' is not allowed: must be 'auto' .*\['eps', 'score', 'x0', 'v'\]"),
-    ({"sampling.grid": "cosine"}, r"config.sampling.grid = 'cosine' .*one of \['karras'"),
+    ({"sampling.grid": "cosine"}, r"config.sampling.grid = 'cosine' .*one of \[.*'karras', 'quadratic'"),
     ({"sampling.method": "ddim2"}, r"config.sampling.method = 'ddim2' .*must be one of"),
 ])
 def test_meaningless_combinations_are_refused(overrides, message):

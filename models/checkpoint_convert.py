@@ -4,7 +4,8 @@ A reference checkpoint is a dict {"model", "ema", "optimizer", "step"}: "model" 
 of a DataParallel-wrapped network (every key prefixed "module."), "ema" the state dict of its
 ExponentialMovingAverage, {"decay", "num_updates", "shadow_params"}, where shadow_params lists
 the trainable parameters (requires_grad) in `model.parameters()` order. NCSN++, DDPM++ and DDPM
-here use the reference's parameter names, shapes and order, so no renaming is needed.
+here use the reference's parameter names, shapes and order, so no renaming is needed; the
+reference's weight-free `sigmas` buffer is skipped.
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import torch
 import torch.nn as nn
 
 _PREFIX = "module."
+# Buffers of the reference networks that hold no weights: `sigmas` is the noise-level table
+# exp(linspace(log sigma_max, log sigma_min, num_scales)), which here comes from the SDE, not the network.
+REFERENCE_ONLY_BUFFERS = ("sigmas",)
 
 
 def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -42,7 +46,8 @@ def load_reference_state_dict(model: nn.Module, state_dict: Mapping) -> nn.Modul
     """Load a reference network state dict, or a reference EMA state dict, into `model`.
 
     state_dict: either the checkpoint's "model" entry (keys may carry a "module." prefix), which
-    must match the model's state dict exactly, or its "ema" entry (has "shadow_params"), whose
+    must match the model's state dict exactly apart from REFERENCE_ONLY_BUFFERS the model lacks
+    (those are skipped), or its "ema" entry (has "shadow_params"), whose
     averages are copied onto the trainable parameters only; frozen parameters such as the Fourier
     features' W keep their values, so load "model" first (`load_reference_checkpoint` does both).
     Raises ValueError listing missing keys, unexpected keys and shape mismatches; nothing is
@@ -55,8 +60,9 @@ def load_reference_state_dict(model: nn.Module, state_dict: Mapping) -> nn.Modul
             for name, value in named.items():
                 params[name].copy_(value)
         return model
-    named = strip_module_prefix(state_dict)
     own = model.state_dict()
+    named = {k: v for k, v in strip_module_prefix(state_dict).items()
+             if k in own or k not in REFERENCE_ONLY_BUFFERS}
     missing = [k for k in own if k not in named]
     unexpected = [k for k in named if k not in own]
     mismatched = [f"{k}: model {tuple(own[k].shape)}, checkpoint {tuple(named[k].shape)}"

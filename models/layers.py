@@ -229,17 +229,18 @@ class Downsample(nn.Module):
 
 class Combine(nn.Module):
     """Merges an input-pyramid image x [B, dim1, H, W] into features y [B, dim2, H, W]:
-    cat([Conv1x1(x), y]) -> [B, 2 dim2, H, W] ("cat") or Conv1x1(x) + y ("sum")."""
+    cat([Conv_0(x), y]) -> [B, 2 dim2, H, W] ("cat") or Conv_0(x) + y ("sum"), Conv_0 a 1x1 conv
+    named as in score_sde_pytorch's NCSN++, so its checkpoints load by name."""
 
     def __init__(self, dim1: int, dim2: int, method: str = "cat"):
         super().__init__()
         if method not in ("cat", "sum"):
             raise ValueError(f"progressive_combine must be 'cat' or 'sum', got {method!r}")
-        self.Conv = conv1x1(dim1, dim2)
+        self.Conv_0 = conv1x1(dim1, dim2)
         self.method = method
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.Conv(x)
+        h = self.Conv_0(x)
         return torch.cat([h, y], dim=1) if self.method == "cat" else h + y
 
 
@@ -265,7 +266,7 @@ class ResnetBlockDDPM(nn.Module):
     """
 
     _ORDERS = {
-        "ddpm": ("GroupNorm_0", "GroupNorm_1", "Conv_0", "Conv_1", "Dense_0", "Dropout_0", "Conv_2", "NIN_0"),
+        "ddpm": ("GroupNorm_0", "Conv_0", "Dense_0", "GroupNorm_1", "Dropout_0", "Conv_1", "Conv_2", "NIN_0"),
         "ddpmpp": ("GroupNorm_0", "Conv_0", "Dense_0", "GroupNorm_1", "Dropout_0", "Conv_1", "Conv_2", "NIN_0"),
     }
 

@@ -1,8 +1,10 @@
 """NCSN++ and DDPM++ (Song et al. 2021, "Score-Based Generative Modeling through SDEs").
 
-One U-Net class with the paper's options; DDPM++ is the same class with the VP defaults. All
-submodules sit in one `all_modules` ModuleList, in the reference's order, so score_sde_pytorch
-checkpoints load with `models.checkpoint_convert.load_reference_state_dict`.
+One U-Net class with the paper's options; DDPM++ is the same class with the VP defaults. The
+submodules sit in one `all_modules` ModuleList, in the reference's order, except the
+parameter-free resamplers of the image pyramids (`pyramid_downsample`, `pyramid_upsample`), which
+the reference also keeps outside the list; so parameter names and shapes equal score_sde_pytorch's
+and its checkpoints load with `models.checkpoint_convert.load_reference_state_dict`.
 """
 from __future__ import annotations
 
@@ -87,6 +89,11 @@ class NCSNpp(nn.Module):
     the concatenated skip features, attention, the output pyramid step (`progressive`) and a 2x
     upsample; then GroupNorm, activation, 3x3 conv. Skip sums are divided by sqrt(2) when
     `skip_rescale`. The defaults are the reference's CIFAR-10 VE configuration.
+
+    With `progressive_input="input_skip"` the image pyramid is x, then `pyramid_downsample` of it
+    once per level; with `progressive="output_skip"` the output pyramid is `pyramid_upsample` of the
+    previous level's plus that level's GroupNorm-act-conv head. Both resamplers are 2x FIR (or box)
+    filters without weights, held outside `all_modules` so its indices match the reference's.
     """
 
     def __init__(self, *, nf: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 4,
@@ -120,6 +127,7 @@ class NCSNpp(nn.Module):
         self._opts = dict(dropout=dropout, fir=fir, fir_kernel=tuple(fir_kernel), init_scale=init_scale,
                           resamp_with_conv=resamp_with_conv, combine=progressive_combine)
 
+        self._build_pyramid_resamplers()
         modules = self._build_embedding(fourier_scale)
         modules.append(layers.conv3x3(num_channels, nf))
         skip_channels, in_ch = self._build_down(modules)
@@ -140,6 +148,16 @@ class NCSNpp(nn.Module):
 
     def _attn_block(self, channels: int) -> nn.Module:
         return layers.AttnBlock(channels, skip_rescale=self.skip_rescale, init_scale=self._opts["init_scale"])
+
+    def _build_pyramid_resamplers(self) -> None:
+        """The weight-free 2x resamplers of the image pyramids, as attributes rather than entries of
+        `all_modules`: the reference builds them that way, and a checkpoint's all_modules.<i> names
+        count only the modules in its list."""
+        o, c = self._opts, self.num_channels
+        if self.progressive_input == "input_skip":
+            self.pyramid_downsample = layers.Downsample(c, fir=o["fir"], fir_kernel=o["fir_kernel"])
+        if self.progressive == "output_skip":
+            self.pyramid_upsample = layers.Upsample(c, fir=o["fir"], fir_kernel=o["fir_kernel"])
 
     def _build_embedding(self, fourier_scale: float) -> List[nn.Module]:
         modules: List[nn.Module] = []
@@ -170,7 +188,6 @@ class NCSNpp(nn.Module):
             else:
                 modules.append(self._resnet_block(in_ch, down=True))
             if self.progressive_input == "input_skip":
-                modules.append(layers.Downsample(pyramid_ch, fir=o["fir"], fir_kernel=o["fir_kernel"]))
                 modules.append(layers.Combine(pyramid_ch, in_ch, method=o["combine"]))
                 in_ch *= 2 if o["combine"] == "cat" else 1
             elif self.progressive_input == "residual":
@@ -201,7 +218,6 @@ class NCSNpp(nn.Module):
                 modules += [layers.group_norm(in_ch), layers.conv3x3(in_ch, in_ch)]
                 pyramid_ch = in_ch
             elif self.progressive == "output_skip":
-                modules.append(layers.Upsample(pyramid_ch, fir=o["fir"], fir_kernel=o["fir_kernel"]))
                 modules.append(layers.group_norm(in_ch))
                 modules.append(layers.conv3x3(in_ch, c, init_scale=o["init_scale"]))
                 pyramid_ch = c
@@ -262,7 +278,7 @@ class NCSNpp(nn.Module):
                 break
             h = next(mods)(hs[-1]) if self.resblock_type == "ddpm" else next(mods)(hs[-1], temb)
             if self.progressive_input == "input_skip":
-                pyramid = next(mods)(pyramid)
+                pyramid = self.pyramid_downsample(pyramid)
                 h = next(mods)(pyramid, h)
             elif self.progressive_input == "residual":
                 pyramid = self._skip_sum(next(mods)(pyramid), h)
@@ -287,8 +303,7 @@ class NCSNpp(nn.Module):
             if self.progressive != "none" and i == levels - 1:
                 pyramid = self._norm_act_conv(h, mods)
             elif self.progressive == "output_skip":
-                pyramid = next(mods)(pyramid)
-                pyramid = pyramid + self._norm_act_conv(h, mods)
+                pyramid = self.pyramid_upsample(pyramid) + self._norm_act_conv(h, mods)
             elif self.progressive == "residual":
                 pyramid = self._skip_sum(next(mods)(pyramid), h)
                 h = pyramid

@@ -90,7 +90,7 @@ def log_likelihood(sde: SDE, score_fn, x: Tensor, *, divergence: str = "exact",
     zs, deltas = odeint(_augmented_drift(sde, score, probes, eps), (x, delta0), ts,
                         rtol=rtol, atol=atol, method=method, options=options)
     z, delta = zs[-1], deltas[-1]
-    check_finite(z, f"likelihood ODE ({method!r})", score.nfe, ts[-1])
+    check_finite(z, f"likelihood ODE ({method!r})", f"the end, after {score.nfe} score calls", ts[-1])
     return sde.prior_logp(z) + delta, z, score.nfe
 
 

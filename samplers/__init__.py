@@ -13,6 +13,14 @@ from samplers.grids import (check_grid, get_grid, karras, list_grids, quadratic,
 from samplers.ode import ode_methods, ode_sample, solve_flow
 from samplers.pc import pc_sample, tweedie_denoise
 from samplers.predictors import Predictor, get_predictor, list_predictors, register_predictor
+from samplers import adaptive, controllable, ddim, dpm_solver, edm, guidance, unipc
+from samplers.ddim import *  # noqa: F401,F403
+from samplers.dpm_solver import *  # noqa: F401,F403
+from samplers.edm import *  # noqa: F401,F403
+from samplers.adaptive import *  # noqa: F401,F403
+from samplers.unipc import *  # noqa: F401,F403
+from samplers.guidance import *  # noqa: F401,F403
+from samplers.controllable import *  # noqa: F401,F403
 
 __all__ = [
     "pc_sample", "ode_sample", "solve_flow", "tweedie_denoise", "ode_methods",
@@ -21,4 +29,4 @@ __all__ = [
     "quadratic", "uniform_grid",
     "Predictor", "Corrector", "register_predictor", "register_corrector",
     "get_predictor", "get_corrector", "list_predictors", "list_correctors",
-]
+] + ddim.__all__ + dpm_solver.__all__ + edm.__all__ + adaptive.__all__ + unipc.__all__ + guidance.__all__ + controllable.__all__

@@ -32,10 +32,29 @@ def register_sampler(name: str):
     otherwise keep every step's graph alive (a score that needs gradients, such as classifier
     guidance, turns them on inside itself with `torch.enable_grad()`)."""
     def wrap(fn):
-        fn = functools.wraps(fn)(torch.no_grad()(fn))
-        _SAMPLERS.register(name)(fn)
-        return fn
+        @functools.wraps(fn)
+        @torch.no_grad()
+        def sampler(*args, callback: Optional[Callable[[dict], None]] = None, **kwargs):
+            return fn(*args, callback=_with_scalar_time(callback), **kwargs)
+
+        _SAMPLERS.register(name)(sampler)
+        return sampler
     return wrap
+
+
+def _with_scalar_time(callback):
+    """A callback that sees the step's time as a python float: every sample of a run shares it.
+    (Samples that run at their own times, as the adaptive solver's with norm="sample", keep [B].)"""
+    if callback is None:
+        return None
+
+    def call(info: dict):
+        t = info.get("t")
+        if torch.is_tensor(t) and t.numel() and bool((t == t.reshape(-1)[0]).all()):
+            info = {**info, "t": float(t.reshape(-1)[0])}
+        return callback(info)
+
+    return call
 
 
 def list_samplers() -> list:

@@ -21,14 +21,15 @@ def check_eps(sde: SDE, eps, name: str = "eps") -> float:
     return check_open_interval(eps, name, 0.0, sde.T, f"(0, T) = (0, {sde.T:g}) for {type(sde).__name__}")
 
 
-def check_finite(x: Tensor, where: str, step: int, t: Tensor) -> None:
+def check_finite(x: Tensor, where: str, step, t: Tensor) -> None:
     """Raise if x holds NaN or inf: a silent NaN sample is worse than an error.
 
     Tested on the sum, one pass without a temporary mask: NaN and inf propagate into it, and a
     float32 sum overflows only past 3e38, far beyond any sample worth keeping.
     """
     if not torch.isfinite(x.sum()):
-        raise FloatingPointError(f"{where} produced non-finite values at step {step} (t={float(t.reshape(-1)[0]):.6g})")
+        at = step if isinstance(step, str) else f"step {step}"
+        raise FloatingPointError(f"{where} produced non-finite values at {at} (t={float(t.reshape(-1)[0]):.6g})")
 
 
 def make_generator(generator, seed, device=None):
@@ -80,12 +81,17 @@ class GuardedScore:
             score_fn, cond = score_fn.score_fn, {**score_fn.cond, **(cond or {})}
         self.score_fn, self.cond, self.nfe, self.step = score_fn, check_cond(score_fn, cond or {}), 0, None
 
+    def where(self) -> str:
+        """Where an error happened: the sampler's step, or for solvers that choose their own steps
+        (torchdiffeq's ODE solvers), the number of the score call."""
+        return f"step {self.step}" if self.step is not None else f"score call {self.nfe}"
+
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.nfe += 1
         s = self.score_fn(x, t, **self.cond)
         if not torch.is_tensor(s) or s.shape != x.shape:
             got = tuple(s.shape) if torch.is_tensor(s) else type(s).__name__
             raise ValueError(f"score_fn returned {got} for x of shape {tuple(x.shape)} "
-                             f"at step {self.step}, t={float(t.reshape(-1)[0]):.6g}; it must return x's shape")
-        check_finite(s, "score_fn", self.step, t)
+                             f"at {self.where()}, t={float(t.reshape(-1)[0]):.6g}; it must return x's shape")
+        check_finite(s, "score_fn", self.where(), t)
         return s

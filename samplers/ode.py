@@ -71,7 +71,7 @@ def solve_flow(sde: SDE, score_fn, x: Tensor, t0: float, t1: float, *, rtol: flo
         ts = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
     with torch.no_grad():
         out = odeint(flow_drift(sde, score, min(t0, t1), max(t0, t1)), x, ts, rtol=rtol, atol=atol, method=method, options=options)[-1]
-    check_finite(out, f"ODE solver {method!r}", score.nfe, ts[-1])
+    check_finite(out, f"ODE solver {method!r}", f"the end, after {score.nfe} score calls", ts[-1])
     return out, score.nfe
 
 

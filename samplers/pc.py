@@ -43,7 +43,7 @@ def pc_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *
 
     On the grid T = t_0 > ... > t_n = eps, step i runs the corrector at t_i, then the predictor
     from t_i to t_{i+1}; `denoise` finishes with Tweedie's formula at eps. `callback` receives a
-    dict {i, t (the new time, [B]), x, x_mean} after every step. `cond` goes to every score call.
+    dict {i, t (the new time, a float), x, x_mean} after every step. `cond` goes to every score call.
     Returns (samples, nfe), nfe the real score calls.
     """
     if steps is not None and N is not None and steps != N:

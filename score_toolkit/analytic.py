@@ -11,6 +11,9 @@ stays a mixture at every t:
 with score  grad log p_t(x) = sum_k r_k(x) C_k^{-1} (alpha mu_k - x),  r_k the posterior
 responsibilities and C_k = alpha^2 S_k + sigma^2 I. These are the known answers that samplers,
 estimators and the likelihood are tested against, and a ready `score_fn` for research code.
+
+With the component as a class label, r_k(x) = p_t(k | x) is the exact noise-conditional classifier
+and C_k^{-1} (alpha mu_k - x) the exact class-conditional score: the known answers for guidance.
 """
 from __future__ import annotations
 
@@ -113,6 +116,55 @@ class GaussianMixture:
             return self.score(x, sde, _as_time(t, x))
 
         return score_fn
+
+    # ----- labels: component k is class k -----
+    def log_posterior(self, x: Tensor, sde: Optional[SDE] = None, t=None) -> Tensor:
+        """log p_t(k | x) [B, K], the exact noise-conditional classifier when the label is the component:
+
+            log p_t(k | x) = log w_k N(x; alpha mu_k, C_k) - log p_t(x).
+
+        Differentiable in x (its gradient is s_k(x) - s(x), the component's score minus the mixture's),
+        so it serves as `classifier_fn(x, t)` logits for classifier guidance. p_0 when no SDE is given.
+        """
+        comp, _ = self._component_terms(x, sde, t)
+        return torch.log_softmax(comp, -1).to(device=x.device, dtype=x.dtype)
+
+    def posterior(self, x: Tensor, sde: Optional[SDE] = None, t=None) -> Tensor:
+        """p_t(k | x) [B, K]: the responsibilities of the components at time t (rows sum to 1)."""
+        return self.log_posterior(x, sde, t).exp()
+
+    def conditional_score_fn(self, sde: SDE, null_label: Optional[int] = None):
+        """The exact class-conditional `score_fn(x, t, y)` under `sde`, label = component:
+
+            s(x, t, y) = grad log p_t(x | y) = C_y^{-1} (alpha mu_y - x)     for y in [0, K),
+            s(x, t, null_label) = grad log p_t(x)                            (the mixture's score),
+
+        so it stands for a class-conditional network trained with label dropout (null label
+        `null_label`, default K). y: int64 [B]; a label outside [0, K) that is not the null label
+        raises ValueError.
+        """
+        K = len(self.weights)
+        null = K if null_label is None else null_label
+        if isinstance(null, bool) or not isinstance(null, int) or null < K:
+            raise ValueError(f"null_label must be an int >= K = {K} (past the class labels), got {null_label!r}")
+
+        def score_fn(x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+            y = torch.as_tensor(y).reshape(-1).cpu()
+            bad = (y < 0) | ((y >= K) & (y != null))
+            if y.is_floating_point() or len(y) != x.shape[0] or bad.any():
+                raise ValueError(f"y must be {x.shape[0]} integer labels in [0, {K}) or {null} (the null label); "
+                                 f"got {y[bad][:1].tolist() or y.dtype} of shape {tuple(y.shape)}")
+            comp, prec_r = self._component_terms(x, sde, _as_time(t, x))
+            mixture = (torch.softmax(comp, -1).unsqueeze(-1) * prec_r).sum(1)      # [B, D]
+            own = prec_r[torch.arange(len(y)), y.clamp(max=K - 1)]                  # C_y^{-1} (alpha mu_y - x)
+            s = torch.where((y == null)[:, None], mixture, own)
+            return s.reshape(x.shape).to(device=x.device, dtype=x.dtype)
+
+        return score_fn
+
+    def component(self, k: int) -> "GaussianMixture":
+        """Component k alone, as a one-component mixture (the data of class k)."""
+        return GaussianMixture([1.0], self.means[k:k + 1], self.covs[k:k + 1])
 
     def component_of(self, x: Tensor) -> Tensor:
         """The most probable component of each sample under p_0: [B] long."""

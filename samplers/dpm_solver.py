@@ -1,0 +1,340 @@
+"""DPM-Solver (Lu et al. 2022) and DPM-Solver++ (Lu et al. 2022b): exponential integrators of the
+probability-flow ODE in the log-SNR lambda = log(alpha / sigma), for any linear SDE.
+
+In lambda the flow's linear part integrates exactly and what is left is the model's prediction of
+the noise (eps_hat = -sigma s) or of the data (x0_hat, Tweedie). From s to t, h = lambda_t - lambda_s > 0:
+
+    noise form:  x_t = (alpha_t / alpha_s) x_s - alpha_t int_{lambda_s}^{lambda_t} e^(-lambda) eps_hat dlambda
+    data form:   x_t = (sigma_t / sigma_s) x_s + sigma_t int_{lambda_s}^{lambda_t} e^(lambda)  x0_hat dlambda
+
+Holding the prediction constant gives the first-order step (DDIM with eta = 0):
+
+    x_t = (alpha_t / alpha_s) x_s - sigma_t (e^h - 1) eps_hat(s)  =  (sigma_t / sigma_s) x_s + alpha_t (1 - e^-h) x0_hat(s).
+
+Higher orders expand the prediction in lambda, P(lambda_s + u) = P + u P' + u^2/2 P'' + ..., and
+integrate each term exactly. With phi_1(z) = e^z - 1, phi_2(z) = phi_1(z) / z - 1, phi_3(z) = phi_2(z) / z - 1/2,
+
+    noise form:  x_t = (alpha_t / alpha_s) x_s - sigma_t (phi_1(h) P + h phi_2(h) P' + h^2 phi_3(h) P'' + ...)
+    data form:   x_t = (sigma_t / sigma_s) x_s - alpha_t (phi_1(-h) P + h phi_2(-h) P' + h^2 phi_3(-h) P'' + ...)
+
+DPM-Solver (noise form) estimates the derivatives from extra calls inside each step (singlestep,
+Runge-Kutta-like); DPM-Solver++ (data form, better with guidance) from the previous steps'
+predictions (multistep, Adams-like; "2M", "3M") or from a midpoint call ("2S").
+
+Every sampler here takes `steps` = its number of score calls (nfe == steps) and defaults to the
+grid uniform in lambda (DPM-Solver's "logSNR" spacing); any grid works, and the multistep
+formulas use its actual step ratios r = h_prev / h.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from tqdm.auto import tqdm
+
+from sde_lib import SDE, append_dims
+from samplers.base import denoised, noise_estimate, register_sampler, start
+from samplers.guards import check_finite, check_positive_int
+
+Tensor = torch.Tensor
+__all__ = ["dpm_solver_sample", "dpmpp_2s_sample", "dpmpp_2m_sample", "dpmpp_3m_sample", "singlestep_orders"]
+
+# DPM-Solver++'s multistep samplers drop to lower orders on their last steps below this many steps
+# (the reference implementation's documented bound): it steadies very short runs.
+LOWER_ORDER_FINAL_BELOW = 15
+
+
+# ----- argument checks -----------------------------------------------------------------------
+
+def _check_order(order, allowed: Sequence[int], sampler: str) -> int:
+    if isinstance(order, bool) or order not in allowed:
+        raise ValueError(f"order must be one of {tuple(allowed)} for {sampler}, got {order!r}")
+    return int(order)
+
+
+def singlestep_orders(steps: int, order: int, lower_order_final: bool = True) -> List[int]:
+    """The orders of the singlestep updates that spend exactly `steps` score calls (an order-k update
+    costs k calls), one grid interval per update.
+
+    lower_order_final=True is DPM-Solver's "fast" recipe: as many order-`order` updates as fit, the
+    remainder in one or two lower-order updates at the end (order 3: steps = 3K gives [3]*(K-1) + [2, 1],
+    3K+1 gives [3]*K + [1], 3K+2 gives [3]*K + [2]; order 2: [2]*K, or [2]*K + [1]).
+    lower_order_final=False puts the remainder (one update of order steps % order) first instead, so a
+    multiple of `order` gives updates of full order only.
+    """
+    steps = check_positive_int(steps, "steps")
+    order = _check_order(order, (1, 2, 3), "singlestep DPM-Solver")
+    k, rest = divmod(steps, order)
+    if not lower_order_final:
+        return ([rest] if rest else []) + [order] * k
+    if order == 3 and rest == 0:
+        return [3] * (k - 1) + [2, 1]
+    return [order] * k + ([rest] if rest else [])
+
+
+def _check_updates(run, orders: List[int], steps: int) -> None:
+    """An explicit grid must have one interval per update."""
+    n = len(run.grid) - 1
+    if n != len(orders):
+        raise ValueError(f"grid has {n} intervals, but steps={steps} makes {len(orders)} updates of orders "
+                         f"{orders}: pass {len(orders) + 1} times (see singlestep_orders)")
+
+
+# ----- the coefficients and the two first-order steps -------------------------------------------
+
+def _coeffs(sde: SDE, t: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """(alpha, sigma, lambda) at times t [B], float64."""
+    alpha, sigma = sde.marginal_coeffs(t)
+    return alpha, sigma, sde.log_snr(t)
+
+
+def _b(v: Tensor, x: Tensor) -> Tensor:
+    """A per-sample float64 coefficient [B] in x's dtype, broadcastable against x."""
+    return append_dims(v.to(x.dtype), x.ndim)
+
+
+def noise_step(sde: SDE, x: Tensor, s: Tensor, t: Tensor, e: Tensor) -> Tensor:
+    """x_t = (alpha_t / alpha_s) x_s - sigma_t (e^h - 1) e: the exact flow for a constant noise prediction e."""
+    (a_s, _, l_s), (a_t, g_t, l_t) = _coeffs(sde, s), _coeffs(sde, t)
+    return _b(a_t / a_s, x) * x - _b(g_t * torch.expm1(l_t - l_s), x) * e
+
+
+def data_step(sde: SDE, x: Tensor, s: Tensor, t: Tensor, d: Tensor) -> Tensor:
+    """x_t = (sigma_t / sigma_s) x_s + alpha_t (1 - e^-h) d: the exact flow for a constant data prediction d."""
+    (_, g_s, l_s), (a_t, g_t, l_t) = _coeffs(sde, s), _coeffs(sde, t)
+    return _b(g_t / g_s, x) * x - _b(a_t * torch.expm1(l_s - l_t), x) * d
+
+
+def _at_log_snr(sde: SDE, s: Tensor, t: Tensor, r: float) -> Tensor:
+    """The time whose lambda is lambda_s + r h: a fraction r of the step in log-SNR."""
+    l_s, l_t = sde.log_snr(s), sde.log_snr(t)
+    return sde.t_from_log_snr(l_s + r * (l_t - l_s))
+
+
+# ----- DPM-Solver: singlestep, noise form --------------------------------------------------------
+
+def dpm_solver_update(sde: SDE, eps_fn, x: Tensor, s: Tensor, t: Tensor, order: int, e_s: Tensor) -> Tensor:
+    """One DPM-Solver-k update from s to t (Lu et al. 2022, Algorithms 1 and 2; r = 1/2 and 1/3, 2/3),
+    given e_s = eps_hat(x_s, s); makes order - 1 more calls of eps_fn(x, t).
+
+      k = 1:  x_t = N(e_s)                       with N(e) = noise_step(x_s, s -> t, e)
+      k = 2:  x_t = N(eps_hat(u1)),              u1 at lambda_s + h/2, x_u1 = N_{s->u1}(e_s)
+      k = 3:  x_u1 = N_{s->u1}(e_s),             u1 at lambda_s + h/3
+              x_u2 = N_{s->u2}(e_s) - sigma_u2 (r2/r1) phi_2(r2 h) (eps_hat(u1) - e_s),   u2 at lambda_s + 2h/3
+              x_t  = N(e_s) - sigma_t (1/r2) phi_2(h) (eps_hat(u2) - e_s)
+    """
+    if order == 1:
+        return noise_step(sde, x, s, t, e_s)
+    if order == 2:
+        u1 = _at_log_snr(sde, s, t, 0.5)
+        return noise_step(sde, x, s, t, eps_fn(noise_step(sde, x, s, u1, e_s), u1))
+    r1, r2 = 1 / 3, 2 / 3
+    h = sde.log_snr(t) - sde.log_snr(s)
+    u1, u2 = _at_log_snr(sde, s, t, r1), _at_log_snr(sde, s, t, r2)
+    e1 = eps_fn(noise_step(sde, x, s, u1, e_s), u1)
+    x2 = noise_step(sde, x, s, u2, e_s) - _b(sde.marginal_coeffs(u2)[1] * (r2 / r1) * _phi_2(r2 * h), x) * (e1 - e_s)
+    e2 = eps_fn(x2, u2)
+    return noise_step(sde, x, s, t, e_s) - _b(sde.marginal_coeffs(t)[1] / r2 * _phi_2(h), x) * (e2 - e_s)
+
+
+def _phi_2(z: Tensor) -> Tensor:
+    """phi_2(z) = (e^z - 1) / z - 1 ~ z / 2."""
+    return torch.expm1(z) / z - 1
+
+
+def _phi_3(z: Tensor) -> Tensor:
+    """phi_3(z) = phi_2(z) / z - 1/2 ~ z / 6."""
+    return _phi_2(z) / z - 0.5
+
+
+@register_sampler("dpm_solver")
+def dpm_solver_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
+                      steps: int,                          # score calls (NFE), split into updates
+                      order: int = 3,                      # 1, 2 or 3: DPM-Solver-1 (DDIM), -2, -3
+                      lower_order_final: bool = True,      # the "fast" recipe's lower-order updates last
+                      denoise: bool = False,               # final Tweedie step at the last time (1 NFE)
+                      grid=None,                           # a grid name or times; default uniform_log_snr
+                      eps: Optional[float] = None, x_T: Optional[Tensor] = None,
+                      seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                      device=None, dtype=torch.float32, callback: Optional[Callable[[dict], None]] = None,
+                      progress: bool = False, **cond) -> Tuple[Tensor, int]:
+    """DPM-Solver samples [shape]: singlestep updates of order `order` in the noise form, `steps`
+    score calls in all (`singlestep_orders` splits them; a named grid gets one interval per update,
+    explicit times must have that many). nfe = steps (+1 with denoise). Deterministic given x_T.
+    `callback` receives {i, t (the new time, a float), x, x_mean, denoised} after every update.
+
+    A noise-form step of h in log-SNR subtracts terms ~e^h times larger than its result, so one
+    step across the whole range (h ~ 10) keeps only ~1e-10 of float64; the data form (DPM-Solver++)
+    does not cancel.
+    """
+    orders = singlestep_orders(steps, order, lower_order_final)
+    run = start(sde, score_fn, shape, steps=len(orders), grid=grid, eps=eps, x_T=x_T, seed=seed,
+                generator=generator, device=device, dtype=dtype, cond=cond, default_grid="uniform_log_snr")
+    _check_updates(run, orders, steps)
+    x, score = run.x, run.score
+
+    def eps_fn(x: Tensor, t: Tensor) -> Tensor:
+        return noise_estimate(sde, t, score(x, t.to(x.dtype)))
+
+    for i, k in enumerate(tqdm(orders, disable=not progress, desc="dpm_solver_sample")):
+        s, t = run.times(i), run.times(i + 1)
+        score.step = i
+        # One call at the start of the step; an order-k update makes k - 1 more inside it.
+        e_s = eps_fn(x, s)
+        x0 = (x - _b(sde.marginal_coeffs(s)[1], x) * e_s) / _b(sde.marginal_coeffs(s)[0], x)
+        x = dpm_solver_update(sde, eps_fn, x, s, t, k, e_s)
+        _after_step(x, f"dpm_solver (order {k})", i, t, x0, callback)
+    return _finish(run, sde, x, denoise)
+
+
+# ----- DPM-Solver++: data form ----------------------------------------------------------------------
+
+@register_sampler("dpmpp_2s")
+def dpmpp_2s_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
+                    steps: int,                            # score calls (NFE): steps // 2 midpoint updates
+                    lower_order_final: bool = True,        # an odd call's first-order update last, else first
+                    denoise: bool = False, grid=None, eps: Optional[float] = None,
+                    x_T: Optional[Tensor] = None, seed: Optional[int] = None,
+                    generator: Optional[torch.Generator] = None, device=None, dtype=torch.float32,
+                    callback: Optional[Callable[[dict], None]] = None, progress: bool = False,
+                    **cond) -> Tuple[Tensor, int]:
+    """DPM-Solver++(2S) samples [shape]: singlestep second order in the data form with r = 1/2,
+
+        x_u = D_{s->u}(x0_hat(s)),  u at lambda_s + h/2;    x_t = D_{s->t}(x0_hat(u)),
+
+    D the first-order data step (`data_step`): the midpoint rule in lambda. `steps` score calls split
+    as `singlestep_orders(steps, 2)`; an odd one makes one first-order update. nfe = steps (+1 with
+    denoise). `callback` receives {i, t, x, x_mean, denoised} after every update.
+    """
+    orders = singlestep_orders(steps, 2, lower_order_final)
+    run = start(sde, score_fn, shape, steps=len(orders), grid=grid, eps=eps, x_T=x_T, seed=seed,
+                generator=generator, device=device, dtype=dtype, cond=cond, default_grid="uniform_log_snr")
+    _check_updates(run, orders, steps)
+    x, score = run.x, run.score
+    for i, k in enumerate(tqdm(orders, disable=not progress, desc="dpmpp_2s_sample")):
+        s, t = run.times(i), run.times(i + 1)
+        score.step = i
+        x0 = denoised(sde, x, s, score(x, s.to(x.dtype)))
+        if k == 2:
+            # Second order: the data prediction at the log-SNR midpoint, reached by a first-order step.
+            u = _at_log_snr(sde, s, t, 0.5)
+            x_u = data_step(sde, x, s, u, x0)
+            x = data_step(sde, x, s, t, denoised(sde, x_u, u, score(x_u, u.to(x.dtype))))
+        else:
+            x = data_step(sde, x, s, t, x0)
+        _after_step(x, f"dpmpp_2s (order {k})", i, t, x0, callback)
+    return _finish(run, sde, x, denoise)
+
+
+def _multistep_order(i: int, n: int, order: int, lower_order_final: bool) -> int:
+    """The order of update i of n: lower while the history is short (update i has i earlier
+    predictions), and with lower_order_final and n < LOWER_ORDER_FINAL_BELOW, the last updates
+    drop to n - i (the final one is first order)."""
+    k = min(order, i + 1)
+    return min(k, n - i) if lower_order_final and n < LOWER_ORDER_FINAL_BELOW else k
+
+
+def dpmpp_multistep_update(sde: SDE, x: Tensor, times: List[Tensor], preds: List[Tensor], t: Tensor,
+                           order: int) -> Tensor:
+    """One DPM-Solver++ multistep update of order 1, 2 or 3 from s = times[-1] to t, from the data
+    predictions preds[-k:] at times[-k:] (the newest last). With h = lambda_t - lambda_s, the earlier
+    steps h_0 = lambda_s - lambda_(-1), h_1 = lambda_(-1) - lambda_(-2), r0 = h_0 / h, r1 = h_1 / h:
+
+      D1_0 = (d_0 - d_(-1)) / r0,   D1_1 = (d_(-1) - d_(-2)) / r1       (each ~ h x0_hat')
+      order 2:  x_t = D_{s->t}(d_0 + D1_0 / 2)                           (Lu et al. 2022b, Algorithm 2)
+      order 3:  D2 = 2 (D1_0 - D1_1) / (r0 + r1)  (~ h^2 x0_hat''),   D1 = D1_0 + r0 D2 / 2  (~ h x0_hat' at s)
+                x_t = D_{s->t}(d_0) - alpha_t (phi_2(-h) D1 + phi_3(-h) D2)
+
+    D the first-order data step (`data_step`), phi as in the module docstring: the quadratic through the
+    last three predictions, integrated exactly. D2 is the full second difference; with half of it, as
+    in the reference implementations, the update is only second order.
+    """
+    s, d0 = times[-1], preds[-1]
+    if order == 1:
+        return data_step(sde, x, s, t, d0)
+    lam = [sde.log_snr(u) for u in times[-order:]] + [sde.log_snr(t)]
+    h = lam[-1] - lam[-2]
+    r0 = (lam[-2] - lam[-3]) / h
+    D1_0 = (d0 - preds[-2]) / _b(r0, x)
+    if order == 2:
+        return data_step(sde, x, s, t, d0 + D1_0 / 2)
+    r1 = (lam[-3] - lam[-4]) / h
+    D1_1 = (preds[-2] - preds[-3]) / _b(r1, x)
+    D2 = 2 * (D1_0 - D1_1) / _b(r0 + r1, x)
+    D1 = D1_0 + _b(r0 / 2, x) * D2
+    alpha_t = sde.marginal_coeffs(t)[0]
+    return data_step(sde, x, s, t, d0) - _b(alpha_t * _phi_2(-h), x) * D1 - _b(alpha_t * _phi_3(-h), x) * D2
+
+
+def _dpmpp_multistep(order: int, name: str, sde: SDE, score_fn, shape, *, steps, lower_order_final, denoise,
+                     grid, eps, x_T, seed, generator, device, dtype, callback, progress, cond):
+    """DPM-Solver++(kM): one score call per step at the step's start, the update from the last k."""
+    run = start(sde, score_fn, shape, steps=steps, grid=grid, eps=eps, x_T=x_T, seed=seed, generator=generator,
+                device=device, dtype=dtype, cond=cond, default_grid="uniform_log_snr")
+    x, score = run.x, run.score
+    n = len(run.grid) - 1
+    times, preds = [], []
+    for i in tqdm(range(n), disable=not progress, desc=f"{name}_sample"):
+        s, t = run.times(i), run.times(i + 1)
+        score.step = i
+        # The newest data prediction joins the history; only the last `order` are needed.
+        times, preds = times[-(order - 1):] + [s], preds[-(order - 1):] + [denoised(sde, x, s, score(x, s.to(x.dtype)))]
+        k = _multistep_order(i, n, order, lower_order_final)
+        x = dpmpp_multistep_update(sde, x, times, preds, t, k)
+        _after_step(x, f"{name} (order {k})", i, t, preds[-1], callback)
+    return _finish(run, sde, x, denoise)
+
+
+@register_sampler("dpmpp_2m")
+def dpmpp_2m_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
+                    steps: int,                            # steps = score calls (NFE)
+                    lower_order_final: bool = True,        # first-order last step when steps < 15
+                    denoise: bool = False, grid=None, eps: Optional[float] = None,
+                    x_T: Optional[Tensor] = None, seed: Optional[int] = None,
+                    generator: Optional[torch.Generator] = None, device=None, dtype=torch.float32,
+                    callback: Optional[Callable[[dict], None]] = None, progress: bool = False,
+                    **cond) -> Tuple[Tensor, int]:
+    """DPM-Solver++(2M) samples [shape]: multistep second order in the data form
+    (`dpmpp_multistep_update`), first order on the first step and, with lower_order_final and fewer than
+    15 steps, on the last. One score call per step: nfe = steps (+1 with denoise; explicit times: their
+    steps). `callback` receives {i, t, x, x_mean, denoised} after every step.
+    """
+    return _dpmpp_multistep(2, "dpmpp_2m", sde, score_fn, shape, steps=steps, lower_order_final=lower_order_final,
+                            denoise=denoise, grid=grid, eps=eps, x_T=x_T, seed=seed, generator=generator,
+                            device=device, dtype=dtype, callback=callback, progress=progress, cond=cond)
+
+
+@register_sampler("dpmpp_3m")
+def dpmpp_3m_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
+                    steps: int,                            # steps = score calls (NFE)
+                    lower_order_final: bool = True,        # orders 2, 1 on the last steps when steps < 15
+                    denoise: bool = False, grid=None, eps: Optional[float] = None,
+                    x_T: Optional[Tensor] = None, seed: Optional[int] = None,
+                    generator: Optional[torch.Generator] = None, device=None, dtype=torch.float32,
+                    callback: Optional[Callable[[dict], None]] = None, progress: bool = False,
+                    **cond) -> Tuple[Tensor, int]:
+    """DPM-Solver++(3M) samples [shape]: multistep third order in the data form
+    (`dpmpp_multistep_update`), orders 1, 2 on the first two steps and, with lower_order_final and fewer
+    than 15 steps, 2, 1 on the last two. nfe = steps (+1 with denoise; explicit times: their steps).
+    `callback` receives {i, t, x, x_mean, denoised} after every step.
+    """
+    return _dpmpp_multistep(3, "dpmpp_3m", sde, score_fn, shape, steps=steps, lower_order_final=lower_order_final,
+                            denoise=denoise, grid=grid, eps=eps, x_T=x_T, seed=seed, generator=generator,
+                            device=device, dtype=dtype, callback=callback, progress=progress, cond=cond)
+
+
+# ----- shared ends of a step and of a run -----------------------------------------------------------
+
+def _after_step(x: Tensor, where: str, i: int, t: Tensor, x0: Tensor, callback) -> None:
+    check_finite(x, where, i, t)
+    if callback is not None:
+        callback({"i": i, "t": t, "x": x, "x_mean": x, "denoised": x0})
+
+
+def _finish(run, sde: SDE, x: Tensor, denoise: bool) -> Tuple[Tensor, int]:
+    """With denoise, Tweedie's E[x_0 | x] at the last time (one more call). Returns (x, nfe)."""
+    if denoise:
+        t = run.times(len(run.grid) - 1)
+        run.score.step = len(run.grid) - 1
+        x = denoised(sde, x, t, run.score(x, t.to(x.dtype)))
+    return x, run.score.nfe

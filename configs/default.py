@@ -42,6 +42,11 @@ def get_default_config() -> ml_collections.ConfigDict:
     model.fourier_scale = 1.0
     model.scale_by_sigma = False
     model.scale_input_by_sigma = False
+    # Class labels (every network takes them): num_classes = K > 0 makes the network class-conditional,
+    # trained on the data's labels, with label K standing for "no label"; p_uncond is the chance that
+    # training replaces a label by K, which classifier-free guidance needs (e.g. 0.1 to 0.2).
+    model.num_classes = 0
+    model.p_uncond = 0.0
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 512
@@ -71,6 +76,12 @@ def get_default_config() -> ml_collections.ConfigDict:
     sampling.eta = 0.0            # ddim: 0 deterministic, 1 ancestral
     sampling.order = 3            # dpm_solver: 1, 2 or 3
     sampling.s_churn = 0.0        # heun: EDM's stochasticity
+    # Class-conditional sampling (config.model.num_classes > 0, or a noise-conditional classifier):
+    sampling.class_label = -1     # -1: every class in turn (grids: one row per class); k: class k only
+    sampling.guidance = "cfg"     # cfg (classifier-free) | classifier (needs sampling.classifier_path)
+    sampling.guidance_scale = 0.0 # w: (1 + w) s(x, t, y) - w s(x, t, null), or the classifier gradient's scale
+    sampling.classifier_path = "" # a noise-conditional classifier written by --mode noisy_classifier
+    sampling.classifier_steps = 2000  # its training steps
     sampling.predictor = "reverse_diffusion"
     sampling.corrector = "langevin"
     sampling.snr = 0.16

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from models import layers
-from models.embeddings import sinusoidal_embedding
+from models.embeddings import LabelEmbedding, check_label_args, sinusoidal_embedding
 from models.ncsnpp import check_unet_args, check_unet_inputs
 from models.registry import register_model
 from sde_lib import append_dims
@@ -31,14 +31,22 @@ class DDPM(nn.Module):
     be multiples of it; smaller values allow narrow test networks). `conditional` is accepted for
     config compatibility: as in the reference, the blocks are always conditioned on cond.
     The defaults are the reference's CIFAR-10 configuration.
+
+    With `num_classes` = K > 0 the network is class-conditional, as ADM (Dhariwal & Nichol 2021):
+    every block reads temb + label_embed(y), and forward takes y (int64 [B] in [0, K]; K and None
+    mean no label), each label dropped to K with probability `p_uncond` in training (`LabelEmbedding`).
+    `label_embed` is registered after `all_modules`; with K = 0 (the default) forward takes no y and
+    the parameters are the reference's.
     """
 
     def __init__(self, *, nf: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
                  attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1, resamp_with_conv: bool = True,
                  conditional: bool = True, scale_by_sigma: bool = False, nonlinearity: str = "swish",
-                 centered: bool = True, num_channels: int = 3, image_size: int = 32, num_groups: int = 32):
+                 centered: bool = True, num_channels: int = 3, image_size: int = 32, num_groups: int = 32,
+                 num_classes: int = 0, p_uncond: float = 0.0):
         super().__init__()
         ch_mult = tuple(ch_mult)
+        check_label_args(num_classes, p_uncond)
         check_unet_args(nf, ch_mult, num_res_blocks, image_size, num_channels, dropout, nonlinearity=nonlinearity)
         bad = sorted({nf * m for m in ch_mult if (nf * m) % num_groups})
         if not isinstance(num_groups, int) or num_groups < 1 or bad:
@@ -60,6 +68,12 @@ class DDPM(nn.Module):
         modules += [layers.group_norm(in_ch, num_groups), layers.conv3x3(in_ch, num_channels, init_scale=0.0)]
         self.all_modules = nn.ModuleList(modules)
         del self._block_args
+        self.num_classes = num_classes
+        if num_classes:
+            # Registered (and drawn) last: the reference's parameters, their order (which the EMA's
+            # shadow_params follow) and their initial values are those of the unconditional network.
+            self.label_embed = LabelEmbedding(num_classes, 4 * nf, p_uncond)
+            self.forward = self.forward_labelled  # the signature Precond reads: this network takes y
 
     def _block(self, in_ch: int, out_ch: int | None = None) -> nn.Module:
         return layers.ResnetBlockDDPM(in_ch=in_ch, out_ch=out_ch, **self._block_args)
@@ -92,10 +106,19 @@ class DDPM(nn.Module):
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         """x [B, C, H, W], cond [B] -> [B, C, H, W]."""
+        return self._forward(x, cond)
+
+    def forward_labelled(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
+        """x [B, C, H, W], cond [B], class labels y [B] (None: the null label) -> [B, C, H, W]."""
+        return self._forward(x, cond, y)
+
+    def _forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
         check_unet_inputs(x, cond, self.num_channels, self.image_size)
         mods = iter(self.all_modules)
         temb = next(mods)(sinusoidal_embedding(cond, self.nf))
         temb = next(mods)(self.act(temb))
+        if self.num_classes:
+            temb = temb + self.label_embed(y, x.shape[0])
         h = x if self.centered else 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
         hs = self._down(next(mods)(h), temb, mods)
         h = next(mods)(hs[-1], temb)

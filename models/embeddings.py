@@ -1,4 +1,4 @@
-"""Noise-level embeddings shared by the networks."""
+"""Noise-level and class-label embeddings shared by the networks."""
 from __future__ import annotations
 
 import math
@@ -31,3 +31,57 @@ class GaussianFourierProjection(nn.Module):
     def forward(self, c: Tensor) -> Tensor:
         proj = c[:, None] * self.W[None, :] * (2 * math.pi)
         return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+
+
+def check_label_args(num_classes: int, p_uncond: float) -> None:
+    """Raise ValueError unless num_classes is an int >= 0 and p_uncond lies in [0, 1) (0 without labels)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an int >= 0 (0: an unconditional network), got {num_classes!r}")
+    if isinstance(p_uncond, bool) or not isinstance(p_uncond, (int, float)) or not 0.0 <= p_uncond < 1.0:
+        raise ValueError(f"p_uncond must be a number in [0, 1), got {p_uncond!r}")
+    if p_uncond and not num_classes:
+        raise ValueError(f"p_uncond = {p_uncond!r} drops class labels, but num_classes = 0 (no labels); "
+                         "set num_classes > 0 or p_uncond = 0")
+
+
+class LabelEmbedding(nn.Embedding):
+    """Class labels y [B] -> vectors [B, dim], added to the noise embedding (Dhariwal & Nichol 2021):
+    emb = time_emb(c_noise) + label_emb(y).
+
+    Labels lie in [0, num_classes]: label num_classes is the null label, which stands for "no
+    label" (the unconditional score of classifier-free guidance, Ho & Salimans 2022); y=None means
+    the null label for every sample. In training mode each label is replaced by the null label with
+    probability p_uncond (u < p_uncond, u ~ U[0, 1) from `torch.rand` on the labels' device: the
+    global RNG that dropout draws from too, whose states a checkpoint saves, so a resumed run drops
+    the same labels). In eval mode labels pass unchanged. Weight: [num_classes + 1, dim], N(0, 1).
+    """
+
+    def __init__(self, num_classes: int, dim: int, p_uncond: float = 0.0):
+        check_label_args(num_classes, p_uncond)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be an int >= 1 for a label embedding, got {num_classes!r}")
+        super().__init__(num_classes + 1, dim)
+        self.num_classes, self.p_uncond = num_classes, float(p_uncond)
+
+    def forward(self, y: Tensor | None, batch: int) -> Tensor:
+        """y: labels [batch] of an integer dtype, or None -> [batch, dim]."""
+        if y is None:
+            y = torch.full((batch,), self.num_classes, dtype=torch.long, device=self.weight.device)
+        y = self.check_labels(y, batch)
+        if self.training and self.p_uncond > 0:
+            drop = torch.rand(y.shape, device=y.device) < self.p_uncond
+            y = y.masked_fill(drop, self.num_classes)
+        return super().forward(y)
+
+    def check_labels(self, y: Tensor, batch: int) -> Tensor:
+        """y as int64 [batch] if every label lies in [0, num_classes]; else ValueError naming `y`."""
+        allowed = f"class labels in [0, {self.num_classes}] ({self.num_classes}: the null label), shape [{batch}]"
+        if not torch.is_tensor(y) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            got = y.dtype if torch.is_tensor(y) else type(y).__name__
+            raise ValueError(f"y must be an integer tensor of {allowed}; got {got}")
+        if tuple(y.shape) != (batch,):
+            raise ValueError(f"y must be {allowed}; got shape {tuple(y.shape)}")
+        lo, hi = torch.stack(y.aminmax()).tolist() if batch else (0, 0)  # min and max: one device sync
+        if lo < 0 or hi > self.num_classes:
+            raise ValueError(f"y must be {allowed}; got label {lo if lo < 0 else hi}")
+        return y.long()

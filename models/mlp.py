@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.embeddings import GaussianFourierProjection, sinusoidal_embedding
+from models.embeddings import GaussianFourierProjection, LabelEmbedding, check_label_args, sinusoidal_embedding
 from models.registry import register_model
 
 Tensor = torch.Tensor
@@ -12,7 +12,7 @@ Tensor = torch.Tensor
 
 @register_model(name="mlp")
 class ScoreMLP(nn.Module):
-    """x [B, D], cond [B] -> [B, D].
+    """x [B, D], cond [B] (+ class labels y [B]) -> [B, D].
 
     h = W_in x + E(cond); then `num_layers` residual blocks h <- h + W2 SiLU(W1 SiLU(h) + E_l(cond));
     out = W_out SiLU(h). The embedding E is sinusoidal in cond (VP: cond = 999 t) or Gaussian
@@ -20,12 +20,18 @@ class ScoreMLP(nn.Module):
     by cond (= sigma), the NCSN parametrisation s = net / sigma. With `scale_input_by_sigma`
     (VE, where x_t grows to sigma_max) the input is x / sqrt(1 + sigma^2), which keeps it O(1)
     for data of unit scale (the input preconditioning of Karras et al. 2022).
+
+    With `num_classes` = K > 0 the network is class-conditional: E(cond) + label_embed(y) replaces
+    E(cond) everywhere, and forward takes y (int64 [B] in [0, K]; K and None mean no label), with
+    each label dropped to K with probability `p_uncond` in training (`LabelEmbedding`). With K = 0
+    (the default) forward takes no y and the parameters are those of the unconditional network.
     """
 
     def __init__(self, dim: int = 2, hidden: int = 128, num_layers: int = 3, embedding_dim: int = 64,
                  embedding_type: str = "positional", fourier_scale: float = 1.0, scale_by_sigma: bool = False,
-                 scale_input_by_sigma: bool = False):
+                 scale_input_by_sigma: bool = False, num_classes: int = 0, p_uncond: float = 0.0):
         super().__init__()
+        check_label_args(num_classes, p_uncond)
         if embedding_type not in ("positional", "fourier"):
             raise ValueError(f"embedding_type must be 'positional' or 'fourier', got {embedding_type!r}")
         for name, v in (("dim", dim), ("hidden", hidden), ("num_layers", num_layers), ("embedding_dim", embedding_dim)):
@@ -41,13 +47,29 @@ class ScoreMLP(nn.Module):
         self.out = nn.Linear(hidden, dim)
         nn.init.zeros_(self.out.weight)  # start at a zero score: training begins from a calm field
         nn.init.zeros_(self.out.bias)
+        self.num_classes = num_classes
+        if num_classes:
+            # Registered (and drawn) last: the other parameters, their order and initial values are
+            # those of the unconditional network.
+            self.label_embed = LabelEmbedding(num_classes, hidden, p_uncond)
+            self.forward = self.forward_labelled  # the signature Precond reads: this network takes y
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        """x [B, D], cond [B] -> [B, D] (the unconditional network)."""
+        return self._forward(x, cond)
+
+    def forward_labelled(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
+        """x [B, D], cond [B], class labels y [B] (None: the null label) -> [B, D]."""
+        return self._forward(x, cond, y)
+
+    def _forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
         if self.embedding_type == "fourier":
             e = self.fourier(torch.log(cond).to(self.fourier.W.dtype))
         else:
             e = sinusoidal_embedding(cond, self.embedding_dim)
         e = self.embed(e.to(self.inp.weight.dtype))
+        if self.num_classes:
+            e = e + self.label_embed(y, x.shape[0])
         if self.scale_input_by_sigma:
             x = x * torch.rsqrt(1 + cond.to(x.dtype)[:, None] ** 2)
         h = self.inp(x) + e

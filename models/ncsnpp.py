@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from models import layers
 from models import up_or_down_sampling as updown
-from models.embeddings import GaussianFourierProjection, sinusoidal_embedding
+from models.embeddings import GaussianFourierProjection, LabelEmbedding, check_label_args, sinusoidal_embedding
 from models.registry import register_model
 from sde_lib import append_dims
 
@@ -94,6 +94,13 @@ class NCSNpp(nn.Module):
     once per level; with `progressive="output_skip"` the output pyramid is `pyramid_upsample` of the
     previous level's plus that level's GroupNorm-act-conv head. Both resamplers are 2x FIR (or box)
     filters without weights, held outside `all_modules` so its indices match the reference's.
+
+    With `num_classes` = K > 0 the network is class-conditional, as ADM (Dhariwal & Nichol 2021):
+    the embedding every residual block reads is temb = Dense(act(Dense(embed(cond)))) + label_embed(y)
+    (label_embed alone when not `conditional`), and forward takes y (int64 [B] in [0, K]; K and None
+    mean no label), each label dropped to K with probability `p_uncond` in training (`LabelEmbedding`).
+    `label_embed` is registered after `all_modules`; with K = 0 (the default) forward takes no y and
+    the parameters are the reference's.
     """
 
     def __init__(self, *, nf: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 4,
@@ -104,9 +111,10 @@ class NCSNpp(nn.Module):
                  attention_type: str = "ddpm", init_scale: float = 0.0, fourier_scale: float = 16.0,
                  conv_size: int = 3, embedding_type: str = "fourier", scale_by_sigma: bool = True,
                  nonlinearity: str = "swish", centered: bool = False, num_channels: int = 3,
-                 image_size: int = 32):
+                 image_size: int = 32, num_classes: int = 0, p_uncond: float = 0.0):
         super().__init__()
         ch_mult = tuple(ch_mult)
+        check_label_args(num_classes, p_uncond)
         check_unet_args(nf, ch_mult, num_res_blocks, image_size, num_channels, dropout,
                         resblock_type=resblock_type, progressive=progressive, progressive_input=progressive_input,
                         progressive_combine=progressive_combine, embedding_type=embedding_type,
@@ -135,6 +143,12 @@ class NCSNpp(nn.Module):
         self._build_up(modules, in_ch, skip_channels)
         self.all_modules = nn.ModuleList(modules)
         del self._opts
+        self.num_classes = num_classes
+        if num_classes:
+            # Registered (and drawn) last: the reference's parameters, their order (which the EMA's
+            # shadow_params follow) and their initial values are those of the unconditional network.
+            self.label_embed = LabelEmbedding(num_classes, 4 * nf, p_uncond)
+            self.forward = self.forward_labelled  # the signature Precond reads: this network takes y
 
     # ------------------------------------------------------------------ construction
 
@@ -238,9 +252,19 @@ class NCSNpp(nn.Module):
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         """x [B, C, H, W], cond [B] (sigma for VE, a time label such as 999 t for VP) -> [B, C, H, W]."""
+        return self._forward(x, cond)
+
+    def forward_labelled(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
+        """x [B, C, H, W], cond [B], class labels y [B] (None: the null label) -> [B, C, H, W]."""
+        return self._forward(x, cond, y)
+
+    def _forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
         check_unet_inputs(x, cond, self.num_channels, self.image_size)
         mods = iter(self.all_modules)
         temb = self._embed(cond, mods)
+        if self.num_classes:
+            label = self.label_embed(y, x.shape[0])
+            temb = label if temb is None else temb + label
         if not self.centered:
             x = 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
         hs = self._down(x, temb, mods)
@@ -251,7 +275,6 @@ class NCSNpp(nn.Module):
         if self.scale_by_sigma:
             h = h / append_dims(cond.to(h.dtype), h.ndim)
         return h
-
 
     def _embed(self, cond: Tensor, mods: Iterator[nn.Module]) -> Tensor | None:
         if self.embedding_type == "fourier":

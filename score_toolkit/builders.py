@@ -1,13 +1,15 @@
 """Config -> objects: one factory each for the SDE, the network, the loss and the sampler, shared
-by training, evaluation and sampling; and `validate_config`, which fails before any work starts
-with a message naming the config key, the bad value and what is allowed."""
+by training, evaluation and sampling; `validate_config`, which fails before any work starts
+with a message naming the config key, the bad value and what is allowed; and which keys of a
+workdir's config may change between its runs (`config_differences`)."""
 from __future__ import annotations
 
 import ctypes
 import inspect
 import os
+import json
 import re
-from typing import Callable, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import ml_collections
 import torch
@@ -21,8 +23,26 @@ Tensor = torch.Tensor
 MODEL_META_KEYS = ("name", "ema_rate", "parametrization")  # config.model keys that are not network arguments
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """Something the user can fix: a config value, a missing file, a workdir made with another config.
+    The command line prints the message alone (`error: <message>`, no traceback) and exits with
+    `exit_code`. `make_with`, where set, names the --mode that makes the missing input: the command
+    line appends that command, ready to paste."""
+
+    exit_code = 2
+    make_with = None
+
+
+class ConfigError(UserError, ValueError):
     """A config value that cannot work; the message names the key."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """A file or folder the run reads is not there (data, checkpoint, feature network, statistics)."""
+
+    def __init__(self, message: str, make_with=None):
+        super().__init__(message)
+        self.make_with = make_with
 
 
 def _require(ok: bool, key: str, value, allowed: str) -> None:
@@ -94,6 +114,43 @@ def build_precond(config, sde: sde_lib.SDE, net: torch.nn.Module) -> models.Prec
     return models.Precond(sde, net, None if param == "auto" else param, continuous=config.training.continuous)
 
 
+def num_classes(config) -> int:
+    """The number of classes sampling draws labels from: the network's, or the noisy classifier's."""
+    if config.model.num_classes > 0:
+        return config.model.num_classes
+    if config.sampling.guidance == "classifier" and config.sampling.classifier_path:
+        from score_toolkit import noisy_classifier
+        return noisy_classifier.load_noisy_classifier(config.sampling.classifier_path, "cpu")[0].num_classes
+    return 0
+
+
+def build_score_fn(config, sde: sde_lib.SDE, net: torch.nn.Module):
+    """The score samplers use: the wrapped network, guided by config.sampling.guidance at
+    config.sampling.guidance_scale when that is > 0 (classifier-free: `samplers.cfg_score`, one
+    batched call per step; classifier: `samplers.classifier_guided_score` with the noisy classifier)."""
+    model, s = build_precond(config, sde, net), config.sampling
+    if s.guidance_scale == 0:
+        return model
+    if s.guidance == "cfg":
+        return samplers.cfg_score(model, s.guidance_scale, null_label=config.model.num_classes)
+    from score_toolkit import noisy_classifier
+    classifier, _, _ = noisy_classifier.load_noisy_classifier(s.classifier_path, get_device(config))
+    return samplers.classifier_guided_score(model, noisy_classifier.classifier_logits_fn(classifier, sde),
+                                            s.guidance_scale, num_classes=classifier.num_classes)
+
+
+def sample_labels(config, n: int, start: int = 0) -> dict:
+    """The conditioning of samples start .. start + n: {"y": labels [n]} when sampling is class-
+    conditional (class sampling.class_label, or every class in turn: sample i gets class i mod K),
+    else {}."""
+    K = num_classes(config)
+    if K == 0 or (config.model.num_classes == 0 and config.sampling.guidance_scale == 0):
+        return {}
+    k = config.sampling.class_label
+    i = torch.arange(start, start + n)
+    return {"y": torch.full((n,), k) if k >= 0 else i % K}
+
+
 def build_loss(config, sde: sde_lib.SDE) -> Callable:
     t = config.training
     try:
@@ -112,26 +169,31 @@ def build_sampler(config, sde: sde_lib.SDE) -> Callable[..., Tuple[Tensor, int]]
     config.sampling key named like one of its keyword arguments (eta, order, s_churn, rtol, ...)."""
     s, device = config.sampling, get_device(config)
     if s.method == "ode":
-        def sample(score_fn, shape, seed):
+        def sample(score_fn, shape, seed, **cond):
             return samplers.ode_sample(sde, score_fn, shape, rtol=s.rtol, atol=s.atol, eps=s.eps, method=s.ode_method,
-                                       steps=s.ode_steps, denoise=s.denoise, seed=seed, device=device)
+                                       steps=s.ode_steps, denoise=s.denoise, seed=seed, device=device, **_on(cond, device))
     elif s.method == "pc":
-        def sample(score_fn, shape, seed):
+        def sample(score_fn, shape, seed, **cond):
             return samplers.pc_sample(sde, score_fn, shape, predictor=s.predictor, corrector=s.corrector, snr=s.snr,
                                       n_steps=s.n_steps, N=s.N, eps=s.eps, denoise=s.denoise, seed=seed,
-                                      device=device, corrector_options=corrector_options(config))
+                                      device=device, corrector_options=corrector_options(config), **_on(cond, device))
     else:
         fn = samplers.get_sampler(s.method)
         extra = {k: s[k] for k in inspect.signature(fn).parameters if k in s and k not in _COMMON_SAMPLING}
 
-        def sample(score_fn, shape, seed):
+        def sample(score_fn, shape, seed, **cond):
             return fn(sde, score_fn, shape, steps=s.steps, grid=s.grid or None, eps=s.eps, seed=seed, device=device,
-                      **extra)
+                      **extra, **_on(cond, device))
     return sample
 
 
+def _on(cond: dict, device) -> dict:
+    return {k: v.to(device) for k, v in cond.items()}
+
+
 # Sampler arguments that build_sampler sets itself, or that mean something else in config.sampling.
-_COMMON_SAMPLING = ("steps", "grid", "eps", "seed", "device", "N", "n_steps", "method", "batch_size", "n_samples")
+_COMMON_SAMPLING = ("steps", "grid", "eps", "seed", "device", "N", "n_steps", "method", "batch_size", "n_samples",
+                    "class_label", "guidance", "guidance_scale", "classifier_path")
 
 
 def corrector_options(config) -> dict:
@@ -212,6 +274,7 @@ def validate_config(config: ml_collections.ConfigDict) -> torch.nn.Module:
     weights = config.eval.weights_path
     _require(not weights or os.path.isfile(weights), "eval.weights_path", weights,
              "must name an existing file written by --mode export, or be '' to use the workdir's checkpoints")
+    _validate_labels(config)
     if config.data.kind == "points":
         from score_toolkit import toy_data
         _one_of(config, "data.name", toy_data.DATASETS)
@@ -230,6 +293,29 @@ def _validate_sampling(config) -> None:
     grid = config.sampling.grid
     _require(grid == "" or grid in samplers.list_grids(), "sampling.grid", grid,
              f"must be '' (the sampler's default) or one of {samplers.list_grids()}")
+    _validate_guidance(config)
+
+
+def _validate_guidance(config) -> None:
+    """Labels, guidance and the network agree: guidance needs labels to guide towards."""
+    s, K = config.sampling, config.model.num_classes
+    _one_of(config, "sampling.guidance", ("cfg", "classifier"))
+    _positive(config, "sampling.guidance_scale", allow_zero=True)
+    _positive(config, "model.num_classes", integer=True, allow_zero=True)
+    if s.guidance_scale > 0 and s.guidance == "cfg":
+        _require(K > 0, "sampling.guidance_scale", s.guidance_scale,
+                 "classifier-free guidance needs a class-conditional network, and config.model.num_classes = 0; "
+                 "set sampling.guidance_scale = 0, or sampling.guidance = 'classifier' with a noisy classifier")
+    if s.guidance_scale > 0 and s.guidance == "classifier":
+        path = s.classifier_path
+        _require(bool(path) and os.path.isfile(path), "sampling.classifier_path", path,
+                 "must name a noise-conditional classifier written by --mode noisy_classifier when "
+                 "sampling.guidance = 'classifier' and sampling.guidance_scale > 0")
+    limit, k = (K if K > 0 else (num_classes(config) if s.guidance_scale > 0 else 0)), s.class_label
+    _require(isinstance(k, int) and not isinstance(k, bool) and (k == -1 or 0 <= k < limit),
+             "sampling.class_label", k,
+             f"must be -1 (every class in turn) or a class in [0, {limit})" if limit else
+             "must be -1: the network is unconditional (config.model.num_classes = 0) and no classifier guides it")
 
 
 def _validate_parametrization(config, sde) -> None:
@@ -252,6 +338,22 @@ def _validate_parametrization(config, sde) -> None:
                  f"data that are already in its range, or miss data that are not)")
 
 
+# Labels of the data sets that have them (the folder data set's depend on its folders).
+DATA_CLASSES = {"gmm": 8, "fashion_mnist": 10, "mnist": 10, "cifar10": 10}
+
+
+def _validate_labels(config) -> None:
+    """A class-conditional network needs a data set with labels, and a class for every label."""
+    K, name = config.model.num_classes, config.data.name.lower().replace("-", "_")
+    if K == 0 or name == "folder":
+        return
+    _require(name in DATA_CLASSES, "model.num_classes", K,
+             f"config.data.name = {config.data.name!r} has no labels; a class-conditional network needs one of "
+             f"{sorted(DATA_CLASSES)} (or num_classes = 0)")
+    _require(K >= DATA_CLASSES[name], "model.num_classes", K,
+             f"config.data.name = {config.data.name!r} has {DATA_CLASSES[name]} classes; num_classes must be at least that")
+
+
 def _validate_images(config) -> None:
     from score_toolkit import image_data
     name = config.data.name.lower().replace("-", "_")
@@ -269,3 +371,45 @@ def _validate_images(config) -> None:
         for key in ("eval.feature_path", "eval.stats_path"):
             _require(bool(_get(config, key)), key, _get(config, key),
                      f"must name a file when config.eval.feature_extractor = {config.eval.feature_extractor!r}")
+
+
+# Keys that may differ between runs of one workdir: how long and how often (training.n_iters and the
+# frequencies), where (device, num_threads, data.root: the files' location, not their content), and
+# how to sample and evaluate (sampling.*, eval.*). Every other key (data, SDE, model, loss, optimizer,
+# batch size, seed: the seed draws the initial weights, the data stream and the 2-D data sets) defines
+# what the workdir's checkpoints are. A key that only one side has (added to or removed from the
+# configs since the workdir was made) is allowed too: a new key's default keeps the old behaviour.
+RUN_TIME_KEYS = ("training.n_iters", "training.log_freq", "training.snapshot_freq", "training.checkpoint_freq",
+                 "training.keep_checkpoints", "device", "num_threads", "data.root", "sampling.*", "eval.*")
+ABSENT = "(absent)"
+
+
+def is_run_time_key(key: str) -> bool:
+    return any(key == k or (k.endswith(".*") and key.startswith(k[:-1])) for k in RUN_TIME_KEYS)
+
+
+def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the leaf keys of a (JSON-loaded) config."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def config_differences(saved: Dict[str, Any], config) -> Tuple[List[tuple], List[tuple]]:
+    """(refused, allowed): the keys whose values differ between `saved` (a config as JSON-loaded, e.g.
+    a workdir's config.json) and `config`, sorted, as (key, saved value, new value) with ABSENT for a
+    key that one of them lacks; `allowed` holds the RUN_TIME_KEYS among them and the keys one side lacks."""
+    old, new = flatten(saved), flatten(json.loads(config.to_json()))
+    diffs = [(k, old.get(k, ABSENT), new.get(k, ABSENT)) for k in sorted(set(old) | set(new))
+             if old.get(k, ABSENT) != new.get(k, ABSENT)]
+    ok = [d for d in diffs if is_run_time_key(d[0]) or ABSENT in (d[1], d[2])]
+    return [d for d in diffs if d not in ok], ok
+
+
+def describe_differences(diffs) -> str:
+    """`config.<key> is <there> there, <here> here; ...` for (key, saved value, new value) triples."""
+    return "; ".join(f"config.{k} is {a!r} there, {b!r} here" for k, a, b in diffs)

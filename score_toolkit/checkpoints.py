@@ -1,10 +1,17 @@
-"""Checkpoints that survive crashes: atomic writes, the last few kept, safe loading, fallback on corruption.
+"""What a workdir keeps: checkpoints that survive crashes (atomic writes, the last few kept, safe
+loading, fallback on corruption) and the config the workdir was made with (`config.json`).
 
 A checkpoint is a dict of tensors and plain values only, so `torch.load(weights_only=True)`
 reads it; a file that needs the pickle machinery to run code is refused, never executed.
+
+`config.json` is written once, atomically, by the first run that starts in the workdir (after
+every input was checked). Later runs compare their config with it: keys that define the
+checkpoints (data, SDE, model, loss, optimizer, seed) must agree, run-time keys
+(`builders.RUN_TIME_KEYS`) may differ and are logged.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -14,10 +21,14 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from score_toolkit.builders import ConfigError, UserError, config_differences, describe_differences
+
+RUN_CONFIG = "config.json"
+
 _NAME = re.compile(r"^checkpoint_(\d+)\.pth?$")  # .pth: the reference implementation's name
 
 
-class UnsafeCheckpointError(RuntimeError):
+class UnsafeCheckpointError(UserError, RuntimeError):
     """The file holds pickled objects that plain weights loading refuses to run."""
 
 
@@ -96,3 +107,57 @@ def load_latest(ckpt_dir: str, map_location="cpu") -> Optional[Tuple[int, dict]]
             logging.warning("checkpoint %s is unreadable (%s: %s); falling back to the previous one",
                             path, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
     return None
+
+
+class WorkdirMismatchError(ConfigError):
+    """The config differs from the one the workdir was made with in a key that defines its checkpoints."""
+
+
+def read_run_config(workdir: str) -> Optional[dict]:
+    """The workdir's config.json as a dict, or None when there is none."""
+    path = os.path.join(workdir, RUN_CONFIG)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_run_config(workdir: str, config) -> List[tuple]:
+    """Refuse (WorkdirMismatchError, naming each key and both values) a config that differs from the
+    workdir's config.json in a key that defines its checkpoints; return the run-time keys that differ,
+    as (key, workdir value, new value). Writes nothing."""
+    saved = read_run_config(workdir)
+    if saved is None:
+        return []
+    refused, allowed = config_differences(saved, config)
+    if refused:
+        raise WorkdirMismatchError(
+            f"{workdir} was made with another config ({os.path.join(workdir, RUN_CONFIG)}): "
+            f"{describe_differences(refused)}\n"
+            f"use the config it was made with, or another --workdir")
+    return allowed
+
+
+def start_run(workdir: str, config) -> None:
+    """Create the workdir and, on its first run, write config.json atomically; on later runs log the
+    run-time keys that differ from it (call check_run_config first)."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, RUN_CONFIG)
+    if not os.path.exists(path):
+        atomic_write_text(path, config.to_json(indent=2))
+        return
+    changed = check_run_config(workdir, config)
+    if changed:
+        logging.info("run-time keys that differ from %s: %s", path,
+                     ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed))
+
+
+def atomic_write_text(path: str, text: str) -> str:
+    """Write text to path through a flushed temporary file renamed into place."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path

@@ -3,49 +3,187 @@
     python main.py --mode train                 # the default config into workdirs/<config name>
     python main.py --mode eval                  # loss, NLL, samples and their quality
     python main.py --mode sample --config configs/swissroll_ve_mlp.py --config.sampling.method=ode
+    python main.py --mode config --config configs/gmm_vp_mlp.py    # every key and its value
 
 `score-toolkit` (the console script) is the same command. A `--config` path that does not exist
 relative to the current folder is looked up among the installed `configs`, so the README's
 commands also work outside a clone.
-"""
-import os
-import sys
 
-from absl import app, flags, logging
+Every input is checked before anything is written. A mistake the user can fix (a flag, a config
+key or value, a missing file, a workdir made with another config) is printed as `error: <message>`
+on stderr, at most two lines, with no traceback (`--verbose` adds it), and the exit status is 2
+(1 for a training loss that became NaN). Any other exception keeps its traceback (status 1). A run
+stopped by Ctrl-C or SIGTERM prints one line and exits with 128 + the signal's number (130, 143).
+Runs that use a workdir log to <workdir>/log.txt as well as to stderr.
+"""
+import ast
+import difflib
+import glob
+import importlib.util
+import logging
+import os
+import re
+import shlex
+import signal
+import sys
+import traceback
+from typing import List, Optional
+
+from absl import flags
 from ml_collections import config_flags
 
 import configs
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(configs.__file__))
 DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "swissroll_vp_mlp.py")
-MODES = ["train", "eval", "sample", "export", "classifier", "stats"]
+MODES = {
+    "train": "train into the workdir; run it again to resume from the newest checkpoint",
+    "eval": "held-out loss, NLL (nats, bits/dim), samples and their quality -> <workdir>/<eval_folder>/results.json",
+    "sample": "config.sampling.n_samples samples -> <workdir>/<eval_folder>/samples_<method>_ckpt<step>/ and .png",
+    "export": "the newest checkpoint's EMA weights alone -> <workdir>/export/ema_step<step>.pt, "
+              "for --config.eval.weights_path",
+    "classifier": "image data: train the feature classifier into config.eval.feature_path",
+    "stats": "image data: the training images' feature statistics -> config.eval.stats_path",
+    "noisy_classifier": "labelled data: train a noise-conditional classifier p(y | x_t, t) for classifier "
+                        "guidance -> config.sampling.classifier_path",
+    "config": "print the config's keys and values (command-line overrides applied); writes nothing",
+}
+HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
+EXIT_USAGE = 2
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Configuration file (override keys with --config.a.b=v).",
-                                lock_config=True)
+# The arguments ml_collections reads the --config.<key> overrides from: filled by `_parse` once they
+# were checked, so that importing this module never applies (or fails on) sys.argv's overrides.
+_ARGV: List[str] = ["main.py"]
+config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file, configs/<name>.py[:argument]; set any key "
+                                "with --config.<key>=<value> (e.g. --config.training.n_iters=2000).", lock_config=True,
+                                sys_argv=_ARGV)
 flags.DEFINE_string("workdir", None, "Run folder (default: workdirs/<config file name>).")
-flags.DEFINE_enum("mode", "train", MODES,
-                  "What to run: train, eval, sample; export writes the EMA weights alone for config.eval.weights_path; for image data, 'classifier' trains the feature "
-                  "classifier into config.eval.feature_path and 'stats' saves the training images' "
-                  "feature statistics to config.eval.stats_path.")
+flags.DEFINE_enum("mode", "train", list(MODES), "What to run (see the modes above).")
 flags.DEFINE_string("eval_folder", "eval", "Folder under the workdir for evaluation and sampling outputs.")
+flags.DEFINE_bool("verbose", False, "On an error, print its traceback too.")
 
 
-def default_workdir() -> str:
-    name = os.path.splitext(os.path.basename(FLAGS["config"].config_filename or DEFAULT_CONFIG))[0]
-    return os.path.join("workdirs", name)
+class UsageError(Exception):
+    """A flag, a config file or a config key on the command line that cannot work."""
+
+
+class Command:
+    """The command as typed, to print hints that work when pasted: its program, config file
+    (resolved) and --config.<key> overrides."""
+
+    def __init__(self, argv: List[str], config: str):
+        prog = argv[0] if argv else "main.py"
+        self.prog = f"python {shlex.quote(prog)}" if prog.endswith(".py") else os.path.basename(prog)
+        self.config, self.overrides = config, _override_args(argv)
+
+    def line(self, mode: str, workdir: Optional[str] = None, overrides: bool = True) -> str:
+        words = [self.prog, "--mode", mode, "--config", _display_path(self.config)]
+        words += (self.overrides if overrides else []) + (["--workdir", workdir] if workdir else [])
+        return " ".join(shlex.quote(w) if i else w for i, w in enumerate(words))
+
+
+# --------------------------------------------------------------------------- config files
+
+
+def config_files() -> List[tuple]:
+    """(file name, first line of its docstring) of every configs/*.py that defines get_config."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(CONFIG_DIR, "*.py"))):
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        if any(isinstance(n, ast.FunctionDef) and n.name == "get_config" for n in tree.body):
+            out.append((os.path.basename(path), (ast.get_docstring(tree) or "").strip().split("\n")[0]))
+    return out
 
 
 def resolve_config_path(value: str) -> str:
-    """`configs/x.py[:arg]` as given when that file exists here, else the installed configs/x.py."""
+    """`configs/x.py[:arg]` as given when that file exists here, else the installed configs/x.py;
+    UsageError naming the config files when neither exists."""
     path, sep, arg = value.partition(":")
-    if os.path.exists(path):
+    if os.path.isfile(path):
         return value
     installed = os.path.join(CONFIG_DIR, os.path.basename(path))
-    return installed + sep + arg if os.path.exists(installed) else value
+    if os.path.isfile(installed):
+        return installed + sep + arg
+    names = ", ".join(name for name, _ in config_files())
+    raise UsageError(f"--config {path}: no such file; the config files in {_display_path(CONFIG_DIR)}/ are: {names}")
 
 
-def _resolve_argv(argv):
+def load_config(value: str):
+    """get_config([arg]) of a resolved `path[:arg]`; a ValueError or missing file it raises is a UsageError."""
+    path, _, arg = value.partition(":")
+    spec = importlib.util.spec_from_file_location("_checked_config", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ValueError(f"defines no get_config(); the config files are: "
+                             f"{', '.join(name for name, _ in config_files())}")
+        return module.get_config(*([arg] if arg else []))
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(f"--config {_display_path(value)}: {e}") from e
+
+
+def config_keys(config, prefix: str = "") -> dict:
+    """{"training.n_iters": 6000, ...}: every key of a ConfigDict, nested dicts included, with its value."""
+    out = {}
+    for k, v in config.items():
+        out[prefix + k] = v
+        if hasattr(v, "items"):
+            out.update(config_keys(v, f"{prefix}{k}."))
+    return out
+
+
+def format_config(config) -> str:
+    return "\n".join(f"config.{k} = {v!r}" for k, v in config_keys(config).items() if not hasattr(v, "items"))
+
+
+def unknown_key_message(key: str, keys, command: Command) -> str:
+    """`config.<key>: no such key; did you mean ...?` with up to three close keys, scored mostly on the
+    last part (training.lrr -> optim.lr) and partly on the path before it; the nearest and any
+    within 0.05 of it."""
+    def score(candidate: str) -> float:
+        parent, _, leaf = candidate.rpartition(".")
+        want_parent, _, want_leaf = key.rpartition(".")
+        return (0.75 * difflib.SequenceMatcher(None, want_leaf, leaf).ratio()
+                + 0.25 * difflib.SequenceMatcher(None, want_parent, parent).ratio())
+
+    ranked = sorted(((score(k), k) for k in keys), reverse=True)
+    close = [f"config.{k}" for s, k in ranked[:3] if s >= max(0.6, ranked[0][0] - 0.05)]
+    guess = f"did you mean {' or '.join(close)}?" if close else "no key is close to it"
+    return f"config.{key}: no such key; {guess}\nall keys: {command.line('config', overrides=False)}"
+
+
+def check_override_keys(config, argv: List[str], command: Command) -> None:
+    keys = config_keys(config)
+    for arg in argv[1:]:
+        m = re.match(r"^--?(?:no)?config\.([^=\s]+)", arg)
+        if m and m.group(1) not in keys:
+            raise UsageError(unknown_key_message(m.group(1), keys, command))
+
+
+# --------------------------------------------------------------------------- argv
+
+
+def _override_args(argv: List[str]) -> List[str]:
+    """The --config.<key> arguments of argv (with a value given as the next argument)."""
+    out, i = [], 1
+    while i < len(argv):
+        if re.match(r"^--?(no)?config\.", argv[i]):
+            out.append(argv[i])
+            if "=" not in argv[i] and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                out.append(argv[i + 1])
+                i += 1
+        i += 1
+    return out
+
+
+def _resolve_argv(argv: List[str]) -> List[str]:
+    """argv with its --config path resolved (resolve_config_path), or with the default config
+    named first, so that ml_collections reads the --config.<key> overrides against it."""
+    if not any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
+        argv = argv[:1] + ["--config=" + DEFAULT_CONFIG] + argv[1:]
     out, i = list(argv), 1
     while i < len(out):
         if out[i].startswith("--config="):
@@ -56,39 +194,228 @@ def _resolve_argv(argv):
     return out
 
 
-def main(argv):
-    del argv
-    from score_toolkit import builders  # imported here so that --help stays fast
+def _config_arg(argv: List[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg[len("--config="):]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return DEFAULT_CONFIG
+
+
+def _display_path(path: str) -> str:
+    """A path relative to the current folder when it lies inside it, else absolute."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def _flag_error_message(e: Exception, config) -> str:
+    msg = str(e).split("\n")[0]
+    m = re.match(r"flag --config\.([\w.]+)=(.*?): (.*)", msg)
+    if m:
+        key, value, why = m.groups()
+        current = config_keys(config).get(key)
+        kinds = {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "a tuple"}
+        kind = kinds.get(type(current), f"a {type(current).__name__} ({why})")
+        return f"config.{key} = {value!r} is not allowed: must be {kind}, like the config's {current!r}"
+    m = re.match(r"Found (\S+) in argv before a value for --config", msg)
+    if m:
+        return f"{m.group(1)} comes before --config: name the config file first"
+    m = re.match(r"flag --mode=(\S*): value should be one of", msg)
+    if m:
+        close = difflib.get_close_matches(m.group(1), list(MODES), n=1)
+        return f"--mode={m.group(1)}: must be one of {', '.join(MODES)}" + (f"; did you mean --mode={close[0]}?" if close else "")
+    return msg.replace("Did you mean: ", "did you mean --").rstrip(" ?") + ("?" if "Did you mean" in msg else "")
+
+
+def usage() -> str:
+    modes = "\n".join(f"  {name:<11} {text}" for name, text in MODES.items())
+    flag_help = "\n".join(f"  --{f.name:<11} {f.help}" for f in FLAGS.get_flags_for_module(__name__))
+    files = config_files()
+    width = max(len(n) for n, _ in files)
+    listing = "\n".join(f"  {name:<{width}}  {doc}" for name, doc in files)
+    default = os.path.basename(DEFAULT_CONFIG)
+    return (f"usage: python main.py --mode MODE [--config FILE[:ARG]] [--config.KEY=VALUE ...] [--workdir DIR]\n\n"
+            f"modes:\n{modes}\n\nflags:\n{flag_help}\n\n"
+            f"config files (--config configs/<file>; default {default}):\n{listing}\n\n"
+            f"a config's keys and values: python main.py --mode config --config configs/<file>\n"
+            f"errors: 'error: <message>' on stderr, exit status 2; see README.md")
+
+
+# --------------------------------------------------------------------------- running
+
+
+_HANDLERS: List[logging.Handler] = []  # the handlers this module added to the root logger
+
+
+def _setup_logging() -> None:
+    """INFO and above to stderr, as `HH:MM:SS message`."""
+    root = logging.getLogger()
+    for handler in _HANDLERS:
+        root.removeHandler(handler)
+        handler.close()
+    _HANDLERS.clear()
+    root.setLevel(logging.INFO)
+    _add_handler(logging.StreamHandler(sys.stderr), "%(asctime)s %(message)s", "%H:%M:%S")
+
+
+def _log_to_file(workdir: str) -> None:
+    """Append this run's log to <workdir>/log.txt (the workdir exists and the run can start)."""
+    _add_handler(logging.FileHandler(os.path.join(workdir, "log.txt")), "%(asctime)s %(levelname)s %(message)s",
+                 "%Y-%m-%d %H:%M:%S")
+
+
+def _add_handler(handler: logging.Handler, fmt: str, datefmt: str) -> None:
+    handler.setFormatter(logging.Formatter(fmt, datefmt))
+    logging.getLogger().addHandler(handler)
+    _HANDLERS.append(handler)
+
+
+def _log_to_file_only(message: str) -> None:
+    """A line for log.txt (when this run writes one) that stderr gets in another form."""
+    record = logging.makeLogRecord({"msg": message, "levelno": logging.ERROR, "levelname": "ERROR"})
+    for handler in _HANDLERS:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _image_tool(config, mode: str) -> None:
+    """--mode classifier / stats, on image data: checks first, then the work."""
+    from score_toolkit import builders
+    from score_toolkit import data_lib
+    from score_toolkit import features
+    builders.validate_config(config)
+    if config.data.kind != "images":
+        raise UsageError(f"--mode {mode} needs image data; config.data.kind is {config.data.kind!r}")
+    if mode == "stats" and config.eval.feature_extractor == "none":
+        raise UsageError("--mode stats: config.eval.feature_extractor = 'none'; set 'classifier' or 'inception'")
+    data_lib.check_files(config, ("train", "test") if mode == "classifier" else ("train",))
+    if mode == "stats":
+        data_lib.check_quality_files(config, ("eval.feature_path",))
+    data = data_lib.load(config)
+    if mode == "classifier":
+        features.train_feature_classifier(config, data)
+    else:
+        features.compute_data_stats(config, data)
+
+
+def _noisy_classifier(config) -> None:
+    """--mode noisy_classifier: checks first, then train p(y | x_t, t) on the data's labels under the
+    config's SDE and save it to config.sampling.classifier_path."""
+    from score_toolkit import builders, data_lib, image_data, noisy_classifier
+    builders.validate_config(config)
+    path = config.sampling.classifier_path
+    if not path:
+        raise UsageError("--mode noisy_classifier: set --config.sampling.classifier_path=<file to write>")
+    if os.path.exists(path):
+        raise UsageError(f"--mode noisy_classifier: {path} exists already; files are never overwritten")
+    if config.data.kind == "images":
+        data_lib.check_files(config, ("train", "test"))
+    data, sde = data_lib.load(config), builders.build_sde(config)
+    if data.train_labels is None:
+        raise UsageError(f"--mode noisy_classifier needs labelled data; config.data.name = {config.data.name!r} has none")
+    images = config.data.kind == "images"
+    x_train, x_test = (data.train_uint8, data.test_uint8) if images else (data.train, data.test)
+    transform = (lambda k: data.scaler(image_data.to_unit_interval(k))) if images else None
+    net, accuracy = noisy_classifier.train_noisy_classifier(
+        sde, x_train, data.train_labels, steps=config.sampling.classifier_steps, seed=config.seed,
+        device=builders.get_device(config), x_test=x_test, y_test=data.test_labels, transform=transform)
+    noisy_classifier.save_noisy_classifier(path, net, accuracy, data=config.data.name, sde=config.sde.name)
+    print("noisy classifier test accuracy by t: " + ", ".join(f"t={t:g}: {a:.3f}" for t, a in accuracy.items())
+          + f" -> {path}", flush=True)
+
+
+def main(command: Command, argv: List[str]) -> int:
+    config, mode = FLAGS.config, FLAGS.mode
+    if mode == "config":
+        try:
+            print(format_config(config), flush=True)
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    from score_toolkit import builders  # imported here so that --help and flag errors stay fast
     from score_toolkit import evaluation
     from score_toolkit import training
 
-    config, workdir = FLAGS.config, FLAGS.workdir or default_workdir()
-    if FLAGS.mode in ("classifier", "stats"):  # the other modes validate the config themselves
-        builders.validate_config(config)
     builders.configure_runtime(config)
-    os.makedirs(workdir, exist_ok=True)
-    logging.get_absl_handler().use_absl_log_file("log", workdir)
-    logging.set_stderrthreshold(logging.INFO)
-    if FLAGS.mode == "train":
-        training.train(config, workdir)
-    elif FLAGS.mode == "eval":
-        evaluation.evaluate(config, workdir, FLAGS.eval_folder)
-    elif FLAGS.mode == "sample":
-        evaluation.sample(config, workdir, FLAGS.eval_folder)
-    elif FLAGS.mode == "export":
-        evaluation.export(config, workdir)
+    if mode in ("classifier", "stats"):
+        _image_tool(config, mode)
+        return 0
+    if mode == "noisy_classifier":
+        _noisy_classifier(config)
+        return 0
+    workdir = FLAGS.workdir or os.path.join("workdirs", os.path.splitext(os.path.basename(command.config.partition(":")[0]))[0])
+    try:
+        net = (training.check_inputs(config, workdir) if mode == "train"
+               else evaluation.check_inputs(config, workdir, mode))
+    except builders.MissingInputError as e:
+        if e.make_with:
+            e.args = (f"{e}: {command.line(e.make_with, workdir if e.make_with == 'train' else None)}",)
+        raise
+    os.makedirs(workdir, exist_ok=True)  # every input was checked: the run can start
+    _log_to_file(workdir)
+    logging.info("%s", " ".join(shlex.quote(a) for a in argv))
+    if mode == "train":
+        training.train(config, workdir, net=net)
+    elif mode == "eval":
+        evaluation.evaluate(config, workdir, FLAGS.eval_folder, net=net)
+    elif mode == "sample":
+        evaluation.sample(config, workdir, FLAGS.eval_folder, net=net)
     else:
-        from score_toolkit import data_lib
-        from score_toolkit import features
-        if config.data.kind != "images":
-            raise app.UsageError(f"--mode {FLAGS.mode} needs image data; config.data.kind is {config.data.kind!r}")
-        data = data_lib.load(config)
-        if FLAGS.mode == "classifier":
-            features.train_feature_classifier(config, data)
-        else:
-            features.compute_data_stats(config, data)
+        evaluation.export(config, workdir, net=net)
+    return 0
+
+
+def _parse(argv: List[str]) -> Command:
+    """Check the config file, its keys and every flag, then parse them into FLAGS."""
+    argv = _resolve_argv(argv)
+    command = Command(argv, _config_arg(argv))
+    config = load_config(command.config)
+    check_override_keys(config, argv, command)
+    _ARGV[:] = argv
+    try:
+        rest = FLAGS(argv)
+    except flags.Error as e:
+        raise UsageError(_flag_error_message(e, config)) from e
+    except (TypeError, ValueError, KeyError, AttributeError) as e:  # raised by ml_collections while overriding
+        raise UsageError(f"a --config.<key> override cannot be applied: {str(e).splitlines()[0]}") from e
+    if len(rest) > 1:
+        raise UsageError(f"unexpected argument(s) {' '.join(rest[1:])}: flags take the form --name=value")
+    return command
+
+
+def _fail(message: str, status: int, verbose: bool) -> int:
+    if verbose:
+        traceback.print_exc()
+    lines = message.strip().split("\n")
+    print("\n".join([f"error: {lines[0]}"] + [f"  {line}" for line in lines[1:]]), file=sys.stderr)
+    return status
+
+
+def _run(argv: List[str]) -> int:
+    verbose = any(a in ("--verbose", "--verbose=true", "--verbose=True", "--verbose=1") for a in argv[1:])
+    if any(a in HELP_ARGS for a in argv[1:]):
+        print(usage())
+        return 0
+    _setup_logging()
+    try:
+        command = _parse(argv)
+        return main(command, argv)
+    except UsageError as e:
+        return _fail(str(e), EXIT_USAGE, verbose)
+    except KeyboardInterrupt as e:  # training.TrainingStopped says what was saved
+        signum = getattr(e, "signum", signal.SIGINT)
+        logging.info("%s", str(e) or f"{signal.Signals(signum).name}: stopped; the same command resumes "
+                     "from what was saved")
+        return 128 + signum
+    except Exception as e:
+        from score_toolkit.builders import UserError
+        if not isinstance(e, UserError):
+            raise
+        _log_to_file_only(f"error: {e}")
+        return _fail(str(e), e.exit_code, verbose)
 
 
 def run(argv=None):
     """Entry point of `main.py` and of the `score-toolkit` console script."""
-    app.run(main, argv=_resolve_argv(sys.argv if argv is None else argv))
+    sys.exit(_run(list(sys.argv if argv is None else argv)))

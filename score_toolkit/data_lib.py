@@ -1,12 +1,20 @@
-"""The data a run trains and evaluates on, behind one small interface for points and images."""
+"""The data a run trains and evaluates on, behind one small interface for points and images.
+
+Samples leave a run in data space (`to_data_space`): float32 points, or uint8 images in [0, 255];
+`plot` and `quality` take them in that form. `check_files` finds a run's data files before any
+work starts, without reading them.
+"""
 from __future__ import annotations
 
 import functools
-from typing import Dict, Optional, Tuple
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from score_toolkit import image_data
+from score_toolkit.builders import ConfigError, MissingInputError
 import likelihood
 from score_toolkit import plotting
 from score_toolkit import toy_data
@@ -34,7 +42,12 @@ class PointData:
     def sample_shape(self, n: int) -> tuple:
         return (n, self.train.shape[1])
 
+    def to_data_space(self, x: Tensor) -> Tensor:
+        """Samples as saved and measured: the points themselves, float32 on the CPU."""
+        return x.detach().float().cpu()
+
     def plot(self, x: Tensor, path: str, title: str = "") -> None:
+        """A scatter plot of points [N, 2] over the test points."""
         plotting.scatter(x, path, title, reference=self.test)
 
     def quality(self, samples: Tensor) -> Dict[str, float]:
@@ -105,19 +118,30 @@ class ImageData:
 
     def to_uint8(self, x: Tensor) -> Tensor:
         """Model-space samples -> uint8 images."""
-        return image_data.to_uint8(self.inverse_scaler(x).clamp(0, 1))
+        return image_data.to_uint8(self.inverse_scaler(x.detach().float().cpu()).clamp(0, 1))
 
-    def plot(self, x: Tensor, path: str, title: str = "") -> None:
-        plotting.image_grid(self.inverse_scaler(x[:64]).clamp(0, 1), path, title)
+    to_data_space = to_uint8  # samples as saved and measured: uint8 images [N, C, H, W]
+
+    def plot(self, images: Tensor, path: str, title: str = "") -> None:
+        """A grid of the first 64 uint8 images [N, C, H, W]."""
+        plotting.image_grid(image_data.to_unit_interval(images[:64]), path, title)
+
+    def plot_by_class(self, images: Tensor, labels: Tensor, path: str, title: str = "", per_class: int = 10) -> None:
+        """A grid with one row per class: the first `per_class` images [N, C, H, W] of each label."""
+        rows = [images[labels == k][:per_class] for k in range(int(labels.max()) + 1)]
+        width = max(len(r) for r in rows)
+        blank = torch.zeros((1,) + tuple(images.shape[1:]), dtype=images.dtype)
+        grid = torch.cat([torch.cat([r] + [blank] * (width - len(r))) for r in rows])
+        plotting.image_grid(image_data.to_unit_interval(grid), path, title, nrow=width)
 
     def quality(self, samples: Tensor) -> Dict[str, float]:
-        """FID / KID / IS against the configured stats file, when one is configured."""
+        """FID / KID / IS of uint8 samples against the configured stats file, when one is configured."""
         if self.config.eval.feature_extractor == "none":
             return {}
         if self._quality_fn is None:  # loaded on first use: `--mode stats` runs before the stats exist
             from score_toolkit import features
             self._quality_fn = features.quality_fn(self.config)
-        return self._quality_fn(self.to_uint8(samples))
+        return self._quality_fn(samples)
 
     def true_nll_nats(self, x: Tensor) -> Optional[Tensor]:
         return None
@@ -139,3 +163,62 @@ def _labels(labels: Optional[Tensor], idx: Tensor) -> Dict[str, Tensor]:
 def load(config):
     """The data of config.data.kind: 'points' or 'images'."""
     return PointData(config) if config.data.kind == "points" else ImageData(config)
+
+
+def check_files(config, splits: Sequence[str]) -> None:
+    """Raise MissingInputError naming the file when one of the data files of `splits` ("train",
+    "test") is absent or unreadable. Finds them as image_data's loaders do, reads none of them
+    (a folder data set is listed, not decoded). The 2-D data sets are drawn, so they always pass."""
+    if config.data.kind != "images":
+        return
+    d = config.data
+    name = d.name.lower().replace("-", "_")
+    root = d.root or image_data.DEFAULT_ROOTS.get(name)
+    if not root:
+        raise ConfigError(f"config.data.root = {d.root!r}: {name} has no default location; name the data folder")
+    for split in splits:
+        try:
+            paths = _split_files(name, Path(root), split)
+        except FileNotFoundError as e:
+            raise MissingInputError(f"{e} (config.data.root = {d.root!r})") from e
+        for path in paths:
+            try:
+                with open(path, "rb") as f:
+                    f.read(1)
+            except OSError as e:
+                raise MissingInputError(f"{name}: cannot read {path} ({e.strerror})") from e
+
+
+def _split_files(name: str, root: Path, split: str) -> List[Path]:
+    """The files image_data.load_split reads for one split (FileNotFoundError for the first missing)."""
+    if name == "cifar10":
+        first = image_data.CIFAR_BATCHES[split][0]
+        folder = root if (root / first).is_file() else root / "cifar-10-batches-py"
+        paths = [folder / b for b in image_data.CIFAR_BATCHES[split]]
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"cifar10: no batch file {path}; {image_data.HOW_TO_GET['cifar10']}")
+        return paths
+    if name == "folder":
+        if (root / split).is_dir():
+            return image_data.list_image_folder(root / split)[0]
+        if split == "train" and not (root / "test").is_dir():
+            return image_data.list_image_folder(root)[0]
+        raise FileNotFoundError(f"folder: split {split!r} needs the sub-folder {root / split}")
+    return [image_data._find_idx(root, stem, name) for stem in image_data.IDX_STEMS[split]]
+
+
+def check_quality_files(config, keys: Sequence[str] = ("eval.feature_path", "eval.stats_path")) -> None:
+    """For image data with config.eval.feature_extractor != "none": raise MissingInputError when
+    the feature network or the data's feature statistics (config.eval.feature_path, .stats_path)
+    are not files; the message names the --mode that makes each."""
+    if config.data.kind != "images" or config.eval.feature_extractor == "none":
+        return
+    makers = {"eval.feature_path": "classifier" if config.eval.feature_extractor == "classifier" else None,
+              "eval.stats_path": "stats"}
+    for key in keys:
+        path = config.eval[key.split(".")[1]]
+        if not os.path.isfile(path):
+            maker = makers[key]
+            how = f"; make it first with --mode {maker}" if maker else " (the Inception TorchScript file of the FID tools)"
+            raise MissingInputError(f"config.{key} = {path!r}: no such file{how}", make_with=maker)

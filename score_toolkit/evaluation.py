@@ -1,12 +1,19 @@
 """Evaluation and sampling of a trained run: held-out loss, NLL by the probability-flow ODE, samples
-and their quality. Per-batch results are kept on disk, so a killed evaluation resumes where it stopped."""
+and their quality. Per-batch results are kept on disk, so a killed evaluation resumes where it stopped.
+
+Samples are saved once, in data space (uint8 images in [0, 255], float32 points), one file per
+batch: <workdir>/<eval_folder>/samples_<method>_ckpt<step>/batch_<b>.npz (key "samples"; read them
+all with `load_samples`), beside a picture of them, samples_<method>_ckpt<step>.png.
+"""
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
 import os
-from typing import Dict, List
+import re
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -16,6 +23,31 @@ from score_toolkit import builders
 from score_toolkit import checkpoints
 from score_toolkit import data_lib
 from models import checkpoint_convert
+
+# Notes printed beside a metric's name in the results table.
+METRIC_NOTES = {"mmd_rbf": "unbiased; may be < 0", "KID": "unbiased; may be < 0",
+                "nll_gap_nats": "model minus true NLL"}
+
+
+def check_inputs(config, workdir: str, mode: str = "eval") -> torch.nn.Module:
+    """Every check `evaluate` (mode "eval"), `sample` or `export` needs, with nothing written: the
+    config; for eval, the test split's files (held-out loss and NLL) and the feature network and
+    statistics (sample quality); a checkpoint in the workdir unless config.eval.weights_path names
+    the weights; and that the workdir was made with an equivalent config. Returns the network
+    validate_config built."""
+    net = builders.validate_config(config)
+    e = config.eval
+    if mode == "eval" and (e.enable_loss or e.enable_nll):
+        data_lib.check_files(config, ("test",))
+    if mode == "eval" and e.enable_samples:
+        data_lib.check_quality_files(config)
+    if not e.weights_path:
+        ckpt_dir = os.path.join(workdir, "checkpoints")
+        if not checkpoints.list_checkpoints(ckpt_dir):
+            where = f"the workdir {workdir} does not exist" if not os.path.isdir(workdir) else f"none in {ckpt_dir}"
+            raise builders.MissingInputError(f"no checkpoint ({where}); train first", make_with="train")
+    checkpoints.check_run_config(workdir, config)
+    return net
 
 
 def load_ema_model(config, workdir: str, net=None):
@@ -29,23 +61,33 @@ def load_ema_model(config, workdir: str, net=None):
     model = builders.build_model(config) if net is None else net
     if config.eval.weights_path:
         state = checkpoints.load_checkpoint(config.eval.weights_path)
-        checkpoint_convert.load_reference_state_dict(model, state["model"])
+        _load_weights(config.eval.weights_path, lambda: checkpoint_convert.load_reference_state_dict(model, state["model"]))
         return model.eval(), int(state["step"])
-    latest = checkpoints.load_latest(os.path.join(workdir, "checkpoints"))
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    latest = checkpoints.load_latest(ckpt_dir)
     if latest is None:
-        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: "
-                                f"train first (python main.py --mode train --workdir {workdir})")
+        raise builders.MissingInputError(f"no readable checkpoint in {ckpt_dir}; train first", make_with="train")
     step, state = latest
     # Our checkpoints and score_sde_pytorch's share this layout ("module."-prefixed keys there).
-    checkpoint_convert.load_reference_checkpoint(model, state, use_ema=True)
+    _load_weights(ckpt_dir, lambda: checkpoint_convert.load_reference_checkpoint(model, state, use_ema=True))
     return model.eval(), step
 
 
-def export(config, workdir: str) -> str:
+def _load_weights(source: str, load) -> None:
+    try:
+        load()
+    except ValueError as e:
+        raise builders.ConfigError(f"the weights in {source} do not fit config.model: {e}") from e
+
+
+def export(config, workdir: str, net=None) -> str:
     """Write the newest checkpoint's EMA weights alone, {"model": state dict, "step"}, to
     <workdir>/export/ema_step<step>.pt: a fraction of a checkpoint's size (no optimizer state,
-    no raw weights), for sampling and evaluation through config.eval.weights_path."""
-    model, step = load_ema_model(config, workdir, builders.validate_config(config))
+    no raw weights), for sampling and evaluation through config.eval.weights_path. `net`: what
+    `check_inputs(config, workdir, "export")` returned (its checks are then not repeated)."""
+    net = check_inputs(config, workdir, "export") if net is None else net
+    model, step = load_ema_model(config, workdir, net)
+    checkpoints.start_run(workdir, config)
     path = os.path.join(workdir, "export", f"ema_step{step}.pt")
     checkpoints.atomic_save({"model": model.state_dict(), "step": step}, path)
     logging.info("wrote %s (%.1f MB)", path, os.path.getsize(path) / 2 ** 20)
@@ -53,10 +95,11 @@ def export(config, workdir: str) -> str:
 
 
 class BatchLog:
-    """A JSON-lines file of finished batches, valid for one checkpoint step: resumable work."""
+    """A JSON-lines file of finished batches, valid for one checkpoint step and one set of settings
+    (a string, e.g. the estimator's keys): resumable work."""
 
-    def __init__(self, path: str, ckpt_step: int):
-        self.path, self.ckpt_step, self.done = path, ckpt_step, {}
+    def __init__(self, path: str, ckpt_step: int, settings: str = ""):
+        self.path, self.ckpt_step, self.settings, self.done = path, ckpt_step, settings, {}
         if os.path.exists(path):
             with open(path) as f:
                 for line in f:
@@ -64,11 +107,11 @@ class BatchLog:
                         rec = json.loads(line)
                     except json.JSONDecodeError:  # a line cut short by a kill
                         continue
-                    if rec.get("ckpt_step") == ckpt_step:
+                    if rec.get("ckpt_step") == ckpt_step and rec.get("settings", "") == settings:
                         self.done[rec["batch"]] = rec
 
     def add(self, rec: dict) -> None:
-        rec = dict(rec, ckpt_step=self.ckpt_step)
+        rec = dict(rec, ckpt_step=self.ckpt_step, settings=self.settings)
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
@@ -97,9 +140,11 @@ def heldout_nll(config, sde, model, data, out_dir: str, ckpt_step: int) -> Dict[
     e, device = config.eval, builders.get_device(config)
     score_fn = builders.build_precond(config, sde, model)
     n_total = min(e.n_nll, len(data.test))
-    log = BatchLog(os.path.join(out_dir, "nll_batches.jsonl"), ckpt_step)
+    keys = ("batch_size", "n_nll", "divergence", "n_probes", "nll_rtol", "nll_atol", "nll_eps")
+    settings = json.dumps({"seed": config.seed, **{k: e[k] for k in keys}}, sort_keys=True)
+    log = BatchLog(os.path.join(out_dir, "nll_batches.jsonl"), ckpt_step, settings)
     starts = list(range(0, n_total, e.batch_size))
-    for b, i in enumerate(tqdm(starts, desc="nll", dynamic_ncols=True)):
+    for b, i in enumerate(tqdm(starts, desc="nll", dynamic_ncols=True, disable=None)):
         if b in log.done:
             continue
         stop = min(i + e.batch_size, n_total)
@@ -117,68 +162,122 @@ def heldout_nll(config, sde, model, data, out_dir: str, ckpt_step: int) -> Dict[
     return out
 
 
-def draw_samples(config, sde, model, data, out_dir: str, ckpt_step: int, n: int) -> torch.Tensor:
-    """n samples in batches of sampling.batch_size; each batch saved as .npz as soon as it is done."""
-    score_fn = builders.build_precond(config, sde, model)
+def samples_folder(config, out_dir: str, ckpt_step: int) -> str:
+    return os.path.join(out_dir, f"samples_{config.sampling.method}_ckpt{ckpt_step}")
+
+
+def draw_samples(config, sde, model, data, folder: str, n: int) -> torch.Tensor:
+    """n samples in data space (`data.to_data_space`), drawn in batches of sampling.batch_size. Each
+    batch is saved to <folder>/batch_<b>.npz as soon as it is drawn, with the settings that drew it;
+    a batch already there from the same settings is read back, not drawn again."""
+    score_fn = builders.build_score_fn(config, sde, model)
     sample = builders.build_sampler(config, sde)
-    folder = os.path.join(out_dir, f"samples_ckpt{ckpt_step}")
     os.makedirs(folder, exist_ok=True)
     bs, parts = config.sampling.batch_size, []
-    for b in tqdm(range(math.ceil(n / bs)), desc="samples", dynamic_ncols=True):
-        path = os.path.join(folder, f"batch_{b}.npz")
-        if not os.path.exists(path):
+    for b in tqdm(range(math.ceil(n / bs)), desc="samples", dynamic_ncols=True, disable=None):
+        path, size = os.path.join(folder, f"batch_{b}.npz"), min(bs, n - b * bs)
+        settings = _sample_settings(config, size)
+        kept = _read_batch(path, settings)
+        if kept is None:
             with torch.no_grad():
-                x, _ = sample(score_fn, data.sample_shape(min(bs, n - b * bs)), seed=config.seed + 100_003 * (b + 1))
+                x, _ = sample(score_fn, data.sample_shape(size), seed=config.seed + 100_003 * (b + 1),
+                              **builders.sample_labels(config, size, start=b * bs))
+            kept = data.to_data_space(x).numpy()
             tmp = path + ".tmp.npz"
-            np.savez(tmp, samples=x.cpu().numpy())
+            np.savez(tmp, samples=kept, settings=np.array(settings))
             os.replace(tmp, path)
-        parts.append(torch.from_numpy(np.load(path)["samples"]))
+        parts.append(torch.from_numpy(kept))
     return torch.cat(parts)[:n]
 
 
-def _prepare(config, workdir: str, eval_folder: str):
+def _sample_settings(config, size: int) -> str:
+    """What a batch's samples depend on besides the weights (the folder names the checkpoint step)."""
+    return json.dumps({"sampling": config.sampling.to_dict(), "seed": config.seed, "size": size,
+                       "sde": config.sde.to_dict(), "device": str(builders.get_device(config))},
+                      sort_keys=True, default=str)
+
+
+def _read_batch(path: str, settings: str) -> Optional[np.ndarray]:
+    """The samples of a batch file drawn with `settings`, else None."""
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as f:
+        if "settings" in f and str(f["settings"]) == settings:
+            return f["samples"]
+    logging.info("%s was drawn with other sampling settings; drawing it again", path)
+    return None
+
+
+def load_samples(folder: str) -> np.ndarray:
+    """Every batch in a samples folder, concatenated in batch order: uint8 images or float32 points."""
+    paths = glob.glob(os.path.join(folder, "batch_*.npz"))
+    paths.sort(key=lambda p: int(re.search(r"batch_(\d+)\.npz$", p).group(1)))
+    if not paths:
+        raise builders.MissingInputError(f"no batch_<b>.npz files in {folder}")
+    return np.concatenate([np.load(p)["samples"] for p in paths])
+
+
+def _prepare(config, workdir: str, eval_folder: str, mode: str, net=None):
     """What `evaluate` and `sample` start from: (sde, data, EMA model on config.device, its step,
     the output folder)."""
-    net = builders.validate_config(config)
+    net = check_inputs(config, workdir, mode) if net is None else net
     sde, data = builders.build_sde(config), data_lib.load(config)
     model, ckpt_step = load_ema_model(config, workdir, net)
+    checkpoints.start_run(workdir, config)
     out_dir = os.path.join(workdir, eval_folder)
     os.makedirs(out_dir, exist_ok=True)
     return sde, data, model.to(builders.get_device(config)), ckpt_step, out_dir
 
 
-def evaluate(config, workdir: str, eval_folder: str = "eval") -> Dict[str, float]:
-    """Everything config.eval enables; results in <workdir>/<eval_folder>/results.json."""
-    sde, data, model, ckpt_step, out_dir = _prepare(config, workdir, eval_folder)
+def evaluate(config, workdir: str, eval_folder: str = "eval", net=None) -> Dict[str, float]:
+    """Everything config.eval enables; results in <workdir>/<eval_folder>/results.json. `net`: what
+    `check_inputs(config, workdir, "eval")` returned (its checks are then not repeated)."""
+    sde, data, model, ckpt_step, out_dir = _prepare(config, workdir, eval_folder, "eval", net)
     results: Dict[str, float] = {"checkpoint_step": ckpt_step}
     if config.eval.enable_loss:
         results["heldout_loss"] = heldout_loss(config, sde, model, data)
     if config.eval.enable_nll:
         results.update(heldout_nll(config, sde, model, data, out_dir, ckpt_step))
     if config.eval.enable_samples:
-        x = draw_samples(config, sde, model, data, out_dir, ckpt_step, config.eval.n_samples)
+        folder = samples_folder(config, out_dir, ckpt_step)
+        x = draw_samples(config, sde, model, data, folder, config.eval.n_samples)
         results.update(data.quality(x))
-        data.plot(x, os.path.join(out_dir, f"samples_ckpt{ckpt_step}.png"), f"EMA samples, step {ckpt_step}")
+        data.plot(x, folder + ".png", f"{len(x)} EMA samples, step {ckpt_step}")
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(format_table(results))
     return results
 
 
-def sample(config, workdir: str, eval_folder: str = "eval") -> str:
-    """config.sampling.n_samples samples with the configured sampler, to .npz and .png."""
-    sde, data, model, ckpt_step, out_dir = _prepare(config, workdir, eval_folder)
-    x = draw_samples(config, sde, model, data, out_dir, ckpt_step, config.sampling.n_samples)
-    stem = os.path.join(out_dir, f"samples_{config.sampling.method}_ckpt{ckpt_step}")
-    np.savez(stem + ".npz", samples=x.numpy())
-    data.plot(x, stem + ".png", f"{len(x)} samples, step {ckpt_step}")
-    logging.info("wrote %s.npz and %s.png", stem, stem)
-    return stem + ".npz"
+def sample(config, workdir: str, eval_folder: str = "eval", net=None) -> str:
+    """config.sampling.n_samples samples with the configured sampler, saved once: the batch files
+    of `draw_samples` and a .png of them. Returns the folder of batch files (`load_samples` reads
+    it). `net`: what `check_inputs(config, workdir, "sample")` returned."""
+    sde, data, model, ckpt_step, out_dir = _prepare(config, workdir, eval_folder, "sample", net)
+    folder = samples_folder(config, out_dir, ckpt_step)
+    x = draw_samples(config, sde, model, data, folder, config.sampling.n_samples)
+    labels = builders.sample_labels(config, len(x)).get("y")
+    title = f"{len(x)} samples, step {ckpt_step}" + _guidance_note(config)
+    if labels is not None and data.kind == "images" and config.sampling.class_label < 0:
+        data.plot_by_class(x, labels, folder + ".png", title + "; one row per class")
+    else:
+        data.plot(x, folder + ".png", title)
+    logging.info("wrote %d samples to %s/ and %s.png", len(x), folder, folder)
+    return folder
+
+
+def _guidance_note(config) -> str:
+    s = config.sampling
+    return f", {s.guidance} guidance w={s.guidance_scale:g}" if s.guidance_scale > 0 else ""
 
 
 def format_table(results: Dict[str, float]) -> str:
-    width = max(len(k) for k in results)
+    """The results as a two-column table, each name with its METRIC_NOTES note ("KID (classifier
+    features: ...)" takes KID's; "KID std" none)."""
+    names = {k: next((f"{k} ({note})" for m, note in METRIC_NOTES.items() if k == m or k.startswith(m + " (")), k)
+             for k in results}
+    width = max(len(n) for n in names.values())
     lines: List[str] = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  ------------"]
     for k, v in results.items():
-        lines.append(f"{k.ljust(width)}  {v:.6g}" if isinstance(v, float) else f"{k.ljust(width)}  {v}")
+        lines.append(f"{names[k].ljust(width)}  {v:.6g}" if isinstance(v, float) else f"{names[k].ljust(width)}  {v}")
     return "\n".join(lines)

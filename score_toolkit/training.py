@@ -95,8 +95,10 @@ def resume_or_start(config, ckpt_dir: str, net: Optional[torch.nn.Module] = None
     latest = checkpoints.load_latest(ckpt_dir)
     if latest is not None:
         step, saved = latest
-        if saved.get("config") and json.loads(saved["config"]) != json.loads(config.to_json()):
-            logging.warning("the config differs from the one the checkpoint was trained with; using the new one")
+        refused, _ = builders.config_differences(json.loads(saved["config"]), config) if saved.get("config") else ([], [])
+        if refused:
+            raise checkpoints.WorkdirMismatchError(f"the checkpoint of step {step} in {ckpt_dir} was trained with "
+                                                   f"another config: {builders.describe_differences(refused)}")
         state.load_state_dict(saved)
         logging.info("resumed from step %d (%s)", step, ckpt_dir)
     return state
@@ -111,14 +113,15 @@ def snapshot(state: TrainState, config, sde, data, workdir: str) -> str:
     devices = [state.device] if state.device.type == "cuda" else []
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            score_fn = builders.build_precond(config, sde, state.model)
-            x, nfe = builders.build_sampler(config, sde)(score_fn, data.sample_shape(config.sampling.n_samples),
-                                                         seed=config.seed + state.step)
+            n = config.sampling.n_samples
+            x, nfe = builders.build_sampler(config, sde)(builders.build_score_fn(config, sde, state.model),
+                                                         data.sample_shape(n), seed=config.seed + state.step,
+                                                         **builders.sample_labels(config, n))
     finally:
         state.model.train()
         state.ema.restore(params)
     path = os.path.join(workdir, "samples", f"samples_{state.step}.png")
-    data.plot(x, path, f"step {state.step} ({nfe} score evaluations)")
+    data.plot(data.to_data_space(x), path, f"step {state.step} ({nfe} score evaluations)")
     return path
 
 
@@ -142,6 +145,20 @@ class MetricsLog:
             rows = [json.loads(line) for line in f if line.strip()]
         if rows:
             plotting.loss_curve([r["step"] for r in rows], [r["loss"] for r in rows], path)
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """Training stopped on SIGINT or SIGTERM after saving the step in progress; `signum` is the signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class TrainingDiverged(builders.UserError, FloatingPointError):
+    """The loss became NaN or infinite; nothing after the last checkpoint was saved."""
+
+    exit_code = 1
 
 
 class StopRequest:
@@ -172,22 +189,33 @@ class StopRequest:
 def _stop_if_not_finite(loss: float, step: int, ckpt_dir: str) -> None:
     if not math.isfinite(loss):
         last = checkpoints.list_checkpoints(ckpt_dir)
-        raise FloatingPointError(
+        raise TrainingDiverged(
             f"training loss is {loss} at step {step}; training stopped without saving. "
             f"The last good checkpoint is {last[0][1] if last else 'none (no checkpoint was written yet)'}")
 
 
-def train(config, workdir: str, max_steps: Optional[int] = None) -> TrainState:
+def check_inputs(config, workdir: str) -> torch.nn.Module:
+    """Every check `train` needs, with nothing written: the config (builders.validate_config), the
+    training data's files, and, for an existing workdir, that it was made with an equivalent config
+    (checkpoints.check_run_config). Returns the network validate_config built."""
+    net = builders.validate_config(config)
+    data_lib.check_files(config, ("train",))
+    checkpoints.check_run_config(workdir, config)
+    return net
+
+
+def train(config, workdir: str, max_steps: Optional[int] = None, net: Optional[torch.nn.Module] = None) -> TrainState:
     """Train per config into workdir, resuming from its newest readable checkpoint.
 
     `max_steps` stops after that many steps of this call (a test hook); checkpoints still follow
-    config.training.checkpoint_freq.
+    config.training.checkpoint_freq. `net`: what `check_inputs` returned, whose checks are then not
+    repeated. SIGINT or SIGTERM saves the step in progress and raises TrainingStopped.
     """
-    net = builders.validate_config(config)
+    if net is None:
+        net = check_inputs(config, workdir)
+    checkpoints.start_run(workdir, config)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=2))
     sde = builders.build_sde(config)
     data = data_lib.load(config)
     loss_fn = builders.build_loss(config, sde)
@@ -198,7 +226,8 @@ def train(config, workdir: str, max_steps: Optional[int] = None) -> TrainState:
     end = t.n_iters if max_steps is None else min(t.n_iters, state.step + max_steps)
     state.model.train()
     t0, s0 = time.perf_counter(), state.step
-    with StopRequest() as stop, tqdm(total=t.n_iters, initial=state.step, desc="train", dynamic_ncols=True) as bar:
+    with StopRequest() as stop, tqdm(total=t.n_iters, initial=state.step, desc="train", dynamic_ncols=True,
+                                     disable=None) as bar:  # None: no bar when stderr is not a terminal
         while state.step < end and stop.signum is None:
             batch, cond = data.train_batch(t.batch_size, state.generator)
             cond = {k: v.to(state.device) for k, v in model.select(cond).items()}
@@ -221,6 +250,6 @@ def train(config, workdir: str, max_steps: Optional[int] = None) -> TrainState:
         if state.step and not os.path.exists(checkpoints.checkpoint_path(ckpt_dir, state.step)):
             checkpoints.save_checkpoint(ckpt_dir, state.step, state.state_dict(config), t.keep_checkpoints)
         name = signal.Signals(stop.signum).name
-        logging.info("%s: stopped after step %d, which is saved in %s", name, state.step, ckpt_dir)
-        raise KeyboardInterrupt(f"{name}: training stopped after step {state.step}, saved in {ckpt_dir}")
+        saved = f"which is saved in {ckpt_dir}" if state.step else "before its first step"
+        raise TrainingStopped(f"{name}: training stopped after step {state.step}, {saved}", stop.signum)
     return state

@@ -82,8 +82,8 @@ def test_image_run_end_to_end(tiny_fashion, tmp_path, config):
     run("sample", config, args + ["--eval_folder=from_checkpoint"])
     no_data = [a for a in args if not a.startswith("--config.data.root")] + [f"--config.data.root={tmp_path}/absent"]
     run("sample", config, no_data + ["--eval_folder=from_export", f"--config.eval.weights_path={weights}"])
-    a, b = (np.load(workdir / d / "samples_pc_ckpt6.npz")["samples"] for d in ("from_checkpoint", "from_export"))
-    assert a.shape == (8, 1, 8, 8) and np.array_equal(a, b)
+    a, b = (np.load(workdir / d / "samples_pc_ckpt6" / "batch_0.npz")["samples"] for d in ("from_checkpoint", "from_export"))
+    assert a.shape == (8, 1, 8, 8) and a.dtype == np.uint8 and np.array_equal(a, b)
 
 
 def test_weights_path_must_exist(tmp_path):

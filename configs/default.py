@@ -82,6 +82,11 @@ def get_default_config() -> ml_collections.ConfigDict:
     sampling.guidance_scale = 0.0 # w: (1 + w) s(x, t, y) - w s(x, t, null), or the classifier gradient's scale
     sampling.classifier_path = "" # a noise-conditional classifier written by --mode noisy_classifier
     sampling.classifier_steps = 2000  # its training steps
+    # Controllable generation (images): complete an observed image with any sampler but "adaptive".
+    sampling.task = "none"        # none | inpaint | colorize
+    sampling.observed = ""        # the observed image(s): a .png, or a .npz of uint8 "samples" [N, C, H, W]
+    sampling.mask = "right"       # inpaint: the part to fill in: left | right | top | bottom | center, or a mask .png/.npz (1 = known)
+    sampling.resample = 1         # RePaint's resampling passes per interval (1: score_sde's replacement)
     sampling.predictor = "reverse_diffusion"
     sampling.corrector = "langevin"
     sampling.snr = 0.16

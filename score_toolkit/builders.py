@@ -9,7 +9,7 @@ import inspect
 import os
 import json
 import re
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import ml_collections
 import torch
@@ -187,13 +187,43 @@ def build_sampler(config, sde: sde_lib.SDE) -> Callable[..., Tuple[Tensor, int]]
     return sample
 
 
+def build_task_sampler(config, sde: sde_lib.SDE, observed: Tensor, mask: Optional[Tensor]):
+    """sample(score_fn, shape, seed, start=0, **cond) for config.sampling.task: inpainting (observed
+    [N, C, H, W] in model space, known where mask [C, H, W] is 1) or colorization (the gray level of
+    observed is known), with the configured sampler one grid interval at a time and
+    config.sampling.resample RePaint passes. Sample i completes observed[i mod N]."""
+    s, device = config.sampling, get_device(config)
+    if s.method == "pc":
+        steps, options = s.N, {"predictor": s.predictor, "corrector": s.corrector, "snr": s.snr,
+                               "n_steps": s.n_steps, "corrector_options": corrector_options(config)}
+    elif s.method == "ode":
+        steps, options = s.ode_steps, {"method": s.ode_method}
+    else:
+        fn = samplers.get_sampler(s.method)
+        steps = s.steps
+        options = {k: s[k] for k in inspect.signature(fn).parameters if k in s and k not in _COMMON_SAMPLING + ("denoise",)}
+    common = dict(sampler=s.method, steps=steps, resample=s.resample, eps=s.eps, denoise=s.denoise,
+                  device=device, sampler_options=options)
+
+    def sample(score_fn, shape, seed, start: int = 0, **cond):
+        y = observed[torch.arange(start, start + shape[0]) % len(observed)].to(device)
+        if s.task == "inpaint":
+            return samplers.inpaint_sample(sde, score_fn, shape, y=y, mask=mask.to(device), seed=seed, **common,
+                                           **_on(cond, device))
+        return samplers.colorize_sample(sde, score_fn, shape, gray=y.mean(1, keepdim=True), seed=seed, **common,
+                                        **_on(cond, device))
+
+    return sample
+
+
 def _on(cond: dict, device) -> dict:
     return {k: v.to(device) for k, v in cond.items()}
 
 
 # Sampler arguments that build_sampler sets itself, or that mean something else in config.sampling.
 _COMMON_SAMPLING = ("steps", "grid", "eps", "seed", "device", "N", "n_steps", "method", "batch_size", "n_samples",
-                    "class_label", "guidance", "guidance_scale", "classifier_path")
+                    "class_label", "guidance", "guidance_scale", "classifier_path", "classifier_steps",
+                    "task", "observed", "mask", "resample")
 
 
 def corrector_options(config) -> dict:
@@ -294,6 +324,33 @@ def _validate_sampling(config) -> None:
     _require(grid == "" or grid in samplers.list_grids(), "sampling.grid", grid,
              f"must be '' (the sampler's default) or one of {samplers.list_grids()}")
     _validate_guidance(config)
+    _validate_task(config)
+
+
+def _validate_task(config) -> None:
+    """Inpainting and colorization: image data, an observation file, and a sampler that steps one interval."""
+    s = config.sampling
+    _one_of(config, "sampling.task", ("none", "inpaint", "colorize"))
+    _positive(config, "sampling.resample", integer=True)
+    if s.task == "none":
+        return
+    _require(config.data.kind == "images", "sampling.task", s.task, "needs image data (config.data.kind = 'images')")
+    _require(bool(s.observed) and os.path.isfile(s.observed), "sampling.observed", s.observed,
+             f"must name an image file (.png, or .npz of uint8 'samples') for sampling.task = {s.task!r}")
+    _require(s.method not in ("adaptive", "ode") or (s.method == "ode" and s.ode_method not in ("dopri5", "dopri8",
+             "bosh3", "fehlberg2", "adaptive_heun", "scipy_solver")), "sampling.method", s.method,
+             "must step one grid interval at a time for inpainting: any sampler but 'adaptive' ('ode' with a "
+             "fixed-step sampling.ode_method such as 'rk4')")
+    if s.task == "colorize":
+        _require(config.data.num_channels == 3, "sampling.task", s.task, "colorization needs 3-channel images")
+    from score_toolkit import data_lib
+    shape = (config.data.num_channels, config.data.image_size, config.data.image_size)
+    try:  # shapes and mask names now, before any work
+        data_lib.load_observed(s.observed, shape)
+        if s.task == "inpaint":
+            data_lib.inpainting_mask(s.mask, shape)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def _validate_guidance(config) -> None:

@@ -156,6 +156,51 @@ class ImageData:
         return likelihood.nats_from_bits(bpd, k[0].numel()), bpd, nfe
 
 
+MASKS = ("left", "right", "top", "bottom", "center")
+
+
+def load_observed(path: str, shape: Tuple[int, int, int]) -> Tensor:
+    """uint8 images [N, C, H, W] of the expected shape (C, H, W) from a .png or a .npz ("samples")."""
+    if path.endswith(".npz"):
+        import numpy as np
+        with np.load(path) as f:
+            images = torch.from_numpy(f["samples"] if "samples" in f else f[f.files[0]])
+    else:
+        from PIL import Image
+        import numpy as np
+        mode = "L" if shape[0] == 1 else "RGB"
+        images = torch.from_numpy(np.array(Image.open(path).convert(mode)))
+        images = images[None] if images.ndim == 2 else images.permute(2, 0, 1)
+    images = images[None] if images.ndim == 3 else images
+    if tuple(images.shape[1:]) != tuple(shape) or images.dtype != torch.uint8:
+        raise ValueError(f"config.sampling.observed = {path!r} holds {images.dtype} images of shape "
+                         f"{tuple(images.shape[1:])}; the data's images are uint8 of shape {tuple(shape)}")
+    return images
+
+
+def inpainting_mask(spec: str, shape: Tuple[int, int, int]) -> Tensor:
+    """The known part [C, H, W] (1 = known): a named half or centre square, or a .png/.npz mask."""
+    C, H, W = shape
+    if spec in MASKS:
+        m = torch.zeros(H, W)
+        regions = {"left": (slice(None), slice(0, W // 2)), "right": (slice(None), slice(W // 2, None)),
+                   "top": (slice(0, H // 2), slice(None)), "bottom": (slice(H // 2, None), slice(None)),
+                   "center": (slice(H // 4, 3 * H // 4), slice(W // 4, 3 * W // 4))}
+        m[regions[spec]] = 1  # the named part is hidden ("center": inpaint the centre), the rest known
+        return (1 - m).expand(C, H, W).clone()
+    if not os.path.isfile(spec):
+        raise ValueError(f"config.sampling.mask = {spec!r} is not allowed: must be one of {list(MASKS)} "
+                         f"(the part to fill in) or a mask file (.png or .npz, 1 = known)")
+    mask = load_observed(spec, (1, H, W))[0] if spec.endswith(".png") else None
+    if mask is None:
+        import numpy as np
+        with np.load(spec) as f:
+            mask = torch.from_numpy(f[f.files[0]])
+    if mask.shape[-2:] != (H, W):
+        raise ValueError(f"config.sampling.mask = {spec!r} has shape {tuple(mask.shape)}; the images are {(C, H, W)}")
+    return (mask > 0).float().expand(C, H, W).clone()
+
+
 def _labels(labels: Optional[Tensor], idx: Tensor) -> Dict[str, Tensor]:
     return {} if labels is None else {"y": labels[idx]}
 

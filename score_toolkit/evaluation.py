@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from score_toolkit import builders
 from score_toolkit import checkpoints
 from score_toolkit import data_lib
+from score_toolkit import image_data
 from models import checkpoint_convert
 
 # Notes printed beside a metric's name in the results table.
@@ -171,7 +172,7 @@ def draw_samples(config, sde, model, data, folder: str, n: int) -> torch.Tensor:
     batch is saved to <folder>/batch_<b>.npz as soon as it is drawn, with the settings that drew it;
     a batch already there from the same settings is read back, not drawn again."""
     score_fn = builders.build_score_fn(config, sde, model)
-    sample = builders.build_sampler(config, sde)
+    sample = _task_sampler(config, sde, data) if config.sampling.task != "none" else builders.build_sampler(config, sde)
     os.makedirs(folder, exist_ok=True)
     bs, parts = config.sampling.batch_size, []
     for b in tqdm(range(math.ceil(n / bs)), desc="samples", dynamic_ncols=True, disable=None):
@@ -180,14 +181,26 @@ def draw_samples(config, sde, model, data, folder: str, n: int) -> torch.Tensor:
         kept = _read_batch(path, settings)
         if kept is None:
             with torch.no_grad():
+                extra = {"start": b * bs} if config.sampling.task != "none" else {}
                 x, _ = sample(score_fn, data.sample_shape(size), seed=config.seed + 100_003 * (b + 1),
-                              **builders.sample_labels(config, size, start=b * bs))
+                              **extra, **builders.sample_labels(config, size, start=b * bs))
             kept = data.to_data_space(x).numpy()
             tmp = path + ".tmp.npz"
             np.savez(tmp, samples=kept, settings=np.array(settings))
             os.replace(tmp, path)
         parts.append(torch.from_numpy(kept))
     return torch.cat(parts)[:n]
+
+
+def _task_sampler(config, sde, data):
+    """The inpainting / colorization sampler of config.sampling.task, on the observed images."""
+    shape = data.sample_shape(1)[1:]
+    try:
+        observed = data_lib.load_observed(config.sampling.observed, shape)
+        mask = data_lib.inpainting_mask(config.sampling.mask, shape) if config.sampling.task == "inpaint" else None
+    except ValueError as e:
+        raise builders.ConfigError(str(e)) from e
+    return builders.build_task_sampler(config, sde, data.scaler(image_data.to_unit_interval(observed)), mask)
 
 
 def _sample_settings(config, size: int) -> str:

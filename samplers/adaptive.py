@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sde_lib import SDE, append_dims
-from samplers.base import denoised, register_sampler, start
+from samplers.base import coeff, denoised, register_sampler, start
 from samplers.guards import check_finite, check_positive_int
 
 Tensor = torch.Tensor
@@ -87,16 +87,16 @@ def adaptive_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[i
             raise RuntimeError(f"adaptive_sample needs more than max_nfe={max_nfe} score calls; "
                                f"{int((t > eps).sum())} samples have not reached eps (loosen rtol / atol)")
         score.step = i
-        sqrt_h, z = _bcast(h.sqrt(), x), run.noise()
+        sqrt_h, z = coeff(h.sqrt(), x), run.noise()
         # Euler-Maruyama proposal x' = x + K1.
         s1 = score(x, t.to(x.dtype))
         x0 = denoised(sde, x, t, s1) if callback is not None else None
         drift, g = rsde.sde(x, t, s1)
-        k1_mean, k1_noise = -_bcast(h, x) * drift, _bcast(g, x) * sqrt_h * z
+        k1_mean, k1_noise = -coeff(h, x) * drift, coeff(g, x) * sqrt_h * z
         x1 = x + k1_mean + k1_noise
         # Improved Euler x'' = x + (K1 + K2) / 2 with the same Brownian increment.
         drift2, g2 = rsde.sde(x1, t - h)
-        k2_mean, k2_noise = -_bcast(h, x) * drift2, _bcast(g2, x) * sqrt_h * z
+        k2_mean, k2_noise = -coeff(h, x) * drift2, coeff(g2, x) * sqrt_h * z
         x2 = x + 0.5 * (k1_mean + k1_noise + k2_mean + k2_noise)
         # Mixed-tolerance error of x' against x'': RMS over each sample's coordinates, or the batch's.
         delta = torch.maximum(rtol * torch.maximum(x1.abs(), x_prev.abs()), torch.full_like(x1, atol))
@@ -136,8 +136,3 @@ def _check_options(steps, grid, rtol, atol, h_init, theta, r, norm) -> None:
     if norm not in ("batch", "sample"):
         raise ValueError(f"norm must be 'batch' (one step size for the batch) or 'sample' (one per sample), "
                          f"got {norm!r}")
-
-
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
-    """A per-sample tensor [B] in x's dtype, broadcastable against x."""
-    return append_dims(v.to(x.dtype), x.ndim)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
 from sde_lib import SDE, append_dims
 from samplers.grids import get_grid
-from samplers.guards import GuardedScore, check_eps, check_positive_int, make_generator
+from samplers.guards import GuardedScore, check_eps, check_finite, check_positive_int, make_generator
 from score_toolkit.registry import Registry
 
 Tensor = torch.Tensor
@@ -100,6 +100,34 @@ def start(sde: SDE, score_fn, shape: Sequence[int], *, steps, grid, eps, x_T, se
 def denoised(sde: SDE, x: Tensor, t: Tensor, s: Tensor) -> Tensor:
     """E[x_0 | x_t] from the score s at (x, t) by Tweedie's formula (`SDE.tweedie`); t [B]."""
     return sde.tweedie(x, t, s)
+
+
+def coeff(v: Tensor, x: Tensor) -> Tensor:
+    """A per-sample float64 coefficient [B] in x's dtype, broadcastable against x."""
+    return append_dims(v.to(x.dtype), x.ndim)
+
+
+def check_order(order, allowed: Sequence[int], sampler: str) -> int:
+    """`order` if it is one of `allowed` (a solver's orders), else a ValueError naming the sampler."""
+    if isinstance(order, bool) or order not in allowed:
+        raise ValueError(f"order must be one of {tuple(allowed)} for {sampler}, got {order!r}")
+    return int(order)
+
+
+def after_step(x: Tensor, where: str, i: int, t: Tensor, x0: Tensor, callback) -> None:
+    """What every step ends with: a finiteness check naming the sampler and step, then the callback."""
+    check_finite(x, where, i, t)
+    if callback is not None:
+        callback({"i": i, "t": t, "x": x, "x_mean": x, "denoised": x0})
+
+
+def finish(run: "Run", sde: SDE, x: Tensor, denoise: bool) -> Tuple[Tensor, int]:
+    """With denoise, Tweedie's E[x_0 | x] at the last time (one more call). Returns (x, nfe)."""
+    if denoise:
+        t = run.times(len(run.grid) - 1)
+        run.score.step = len(run.grid) - 1
+        x = denoised(sde, x, t, run.score(x, t.to(x.dtype)))
+    return x, run.score.nfe
 
 
 def noise_estimate(sde: SDE, t: Tensor, s: Tensor) -> Tensor:

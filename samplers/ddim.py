@@ -24,8 +24,8 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from tqdm.auto import tqdm
 
-from sde_lib import SDE, append_dims
-from samplers.base import denoised, noise_estimate, register_sampler, start
+from sde_lib import SDE
+from samplers.base import coeff, denoised, noise_estimate, register_sampler, start
 from samplers.grids import register_grid
 from samplers.guards import check_eps, check_finite, check_positive_int
 
@@ -96,8 +96,8 @@ def ddim_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int],
         # goes to the model's own noise, so x_s keeps the marginal std sigma_s.
         alpha_s, sigma_s = sde.marginal_coeffs(s)
         c = eta * sde.transition_coeffs(t, s)[1] * sigma_s / sde.marginal_coeffs(t)[1]
-        x_mean = torch.addcmul(_bcast(alpha_s, x) * x0, _bcast((sigma_s ** 2 - c ** 2).clamp_min(0).sqrt(), x), e)
-        x = torch.addcmul(x_mean, _bcast(c, x), run.noise()) if eta > 0 else x_mean
+        x_mean = torch.addcmul(coeff(alpha_s, x) * x0, coeff((sigma_s ** 2 - c ** 2).clamp_min(0).sqrt(), x), e)
+        x = torch.addcmul(x_mean, coeff(c, x), run.noise()) if eta > 0 else x_mean
         check_finite(x, "ddim", i, s)
         if callback is not None:
             callback({"i": i, "t": s, "x": x, "x_mean": x_mean, "denoised": x0})
@@ -115,8 +115,3 @@ def _check_eta_fits(sde: SDE, grid: Tensor, eta: float) -> None:
     if eta > limit * (1 + 1e-12):  # rounding slack: the limit is 1 to ~1e-16 where alpha_t ~ 0
         raise ValueError(f"eta must be at most {limit:.6g} on this grid (the largest eta whose fresh noise "
                          f"fits within sigma_s at every step), got {eta!r}")
-
-
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
-    """A per-sample float64 coefficient [B] in x's dtype, broadcastable against x."""
-    return append_dims(v.to(x.dtype), x.ndim)

@@ -32,9 +32,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from tqdm.auto import tqdm
 
-from sde_lib import SDE, append_dims
-from samplers.base import denoised, noise_estimate, register_sampler, start
-from samplers.guards import check_finite, check_positive_int
+from sde_lib import SDE
+from samplers.base import after_step, check_order, coeff, denoised, finish, noise_estimate, register_sampler, start
+from samplers.guards import check_positive_int
 
 Tensor = torch.Tensor
 __all__ = ["dpm_solver_sample", "dpmpp_2s_sample", "dpmpp_2m_sample", "dpmpp_3m_sample", "singlestep_orders"]
@@ -46,10 +46,6 @@ LOWER_ORDER_FINAL_BELOW = 15
 
 # ----- argument checks -----------------------------------------------------------------------
 
-def _check_order(order, allowed: Sequence[int], sampler: str) -> int:
-    if isinstance(order, bool) or order not in allowed:
-        raise ValueError(f"order must be one of {tuple(allowed)} for {sampler}, got {order!r}")
-    return int(order)
 
 
 def singlestep_orders(steps: int, order: int, lower_order_final: bool = True) -> List[int]:
@@ -63,7 +59,7 @@ def singlestep_orders(steps: int, order: int, lower_order_final: bool = True) ->
     multiple of `order` gives updates of full order only.
     """
     steps = check_positive_int(steps, "steps")
-    order = _check_order(order, (1, 2, 3), "singlestep DPM-Solver")
+    order = check_order(order, (1, 2, 3), "singlestep DPM-Solver")
     k, rest = divmod(steps, order)
     if not lower_order_final:
         return ([rest] if rest else []) + [order] * k
@@ -88,21 +84,18 @@ def _coeffs(sde: SDE, t: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return alpha, sigma, sde.log_snr(t)
 
 
-def _b(v: Tensor, x: Tensor) -> Tensor:
-    """A per-sample float64 coefficient [B] in x's dtype, broadcastable against x."""
-    return append_dims(v.to(x.dtype), x.ndim)
 
 
 def noise_step(sde: SDE, x: Tensor, s: Tensor, t: Tensor, e: Tensor) -> Tensor:
     """x_t = (alpha_t / alpha_s) x_s - sigma_t (e^h - 1) e: the exact flow for a constant noise prediction e."""
     (a_s, _, l_s), (a_t, g_t, l_t) = _coeffs(sde, s), _coeffs(sde, t)
-    return _b(a_t / a_s, x) * x - _b(g_t * torch.expm1(l_t - l_s), x) * e
+    return coeff(a_t / a_s, x) * x - coeff(g_t * torch.expm1(l_t - l_s), x) * e
 
 
 def data_step(sde: SDE, x: Tensor, s: Tensor, t: Tensor, d: Tensor) -> Tensor:
     """x_t = (sigma_t / sigma_s) x_s + alpha_t (1 - e^-h) d: the exact flow for a constant data prediction d."""
     (_, g_s, l_s), (a_t, g_t, l_t) = _coeffs(sde, s), _coeffs(sde, t)
-    return _b(g_t / g_s, x) * x - _b(a_t * torch.expm1(l_s - l_t), x) * d
+    return coeff(g_t / g_s, x) * x - coeff(a_t * torch.expm1(l_s - l_t), x) * d
 
 
 def _at_log_snr(sde: SDE, s: Tensor, t: Tensor, r: float) -> Tensor:
@@ -132,9 +125,9 @@ def dpm_solver_update(sde: SDE, eps_fn, x: Tensor, s: Tensor, t: Tensor, order: 
     h = sde.log_snr(t) - sde.log_snr(s)
     u1, u2 = _at_log_snr(sde, s, t, r1), _at_log_snr(sde, s, t, r2)
     e1 = eps_fn(noise_step(sde, x, s, u1, e_s), u1)
-    x2 = noise_step(sde, x, s, u2, e_s) - _b(sde.marginal_coeffs(u2)[1] * (r2 / r1) * _phi_2(r2 * h), x) * (e1 - e_s)
+    x2 = noise_step(sde, x, s, u2, e_s) - coeff(sde.marginal_coeffs(u2)[1] * (r2 / r1) * _phi_2(r2 * h), x) * (e1 - e_s)
     e2 = eps_fn(x2, u2)
-    return noise_step(sde, x, s, t, e_s) - _b(sde.marginal_coeffs(t)[1] / r2 * _phi_2(h), x) * (e2 - e_s)
+    return noise_step(sde, x, s, t, e_s) - coeff(sde.marginal_coeffs(t)[1] / r2 * _phi_2(h), x) * (e2 - e_s)
 
 
 def _phi_2(z: Tensor) -> Tensor:
@@ -181,10 +174,10 @@ def dpm_solver_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence
         score.step = i
         # One call at the start of the step; an order-k update makes k - 1 more inside it.
         e_s = eps_fn(x, s)
-        x0 = (x - _b(sde.marginal_coeffs(s)[1], x) * e_s) / _b(sde.marginal_coeffs(s)[0], x)
+        x0 = (x - coeff(sde.marginal_coeffs(s)[1], x) * e_s) / coeff(sde.marginal_coeffs(s)[0], x)
         x = dpm_solver_update(sde, eps_fn, x, s, t, k, e_s)
-        _after_step(x, f"dpm_solver (order {k})", i, t, x0, callback)
-    return _finish(run, sde, x, denoise)
+        after_step(x, f"dpm_solver (order {k})", i, t, x0, callback)
+    return finish(run, sde, x, denoise)
 
 
 # ----- DPM-Solver++: data form ----------------------------------------------------------------------
@@ -222,8 +215,8 @@ def dpmpp_2s_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[i
             x = data_step(sde, x, s, t, denoised(sde, x_u, u, score(x_u, u.to(x.dtype))))
         else:
             x = data_step(sde, x, s, t, x0)
-        _after_step(x, f"dpmpp_2s (order {k})", i, t, x0, callback)
-    return _finish(run, sde, x, denoise)
+        after_step(x, f"dpmpp_2s (order {k})", i, t, x0, callback)
+    return finish(run, sde, x, denoise)
 
 
 def _multistep_order(i: int, n: int, order: int, lower_order_final: bool) -> int:
@@ -255,15 +248,15 @@ def dpmpp_multistep_update(sde: SDE, x: Tensor, times: List[Tensor], preds: List
     lam = [sde.log_snr(u) for u in times[-order:]] + [sde.log_snr(t)]
     h = lam[-1] - lam[-2]
     r0 = (lam[-2] - lam[-3]) / h
-    D1_0 = (d0 - preds[-2]) / _b(r0, x)
+    D1_0 = (d0 - preds[-2]) / coeff(r0, x)
     if order == 2:
         return data_step(sde, x, s, t, d0 + D1_0 / 2)
     r1 = (lam[-3] - lam[-4]) / h
-    D1_1 = (preds[-2] - preds[-3]) / _b(r1, x)
-    D2 = 2 * (D1_0 - D1_1) / _b(r0 + r1, x)
-    D1 = D1_0 + _b(r0 / 2, x) * D2
+    D1_1 = (preds[-2] - preds[-3]) / coeff(r1, x)
+    D2 = 2 * (D1_0 - D1_1) / coeff(r0 + r1, x)
+    D1 = D1_0 + coeff(r0 / 2, x) * D2
     alpha_t = sde.marginal_coeffs(t)[0]
-    return data_step(sde, x, s, t, d0) - _b(alpha_t * _phi_2(-h), x) * D1 - _b(alpha_t * _phi_3(-h), x) * D2
+    return data_step(sde, x, s, t, d0) - coeff(alpha_t * _phi_2(-h), x) * D1 - coeff(alpha_t * _phi_3(-h), x) * D2
 
 
 def _dpmpp_multistep(order: int, name: str, sde: SDE, score_fn, shape, *, steps, lower_order_final, denoise,
@@ -281,8 +274,8 @@ def _dpmpp_multistep(order: int, name: str, sde: SDE, score_fn, shape, *, steps,
         times, preds = times[-(order - 1):] + [s], preds[-(order - 1):] + [denoised(sde, x, s, score(x, s.to(x.dtype)))]
         k = _multistep_order(i, n, order, lower_order_final)
         x = dpmpp_multistep_update(sde, x, times, preds, t, k)
-        _after_step(x, f"{name} (order {k})", i, t, preds[-1], callback)
-    return _finish(run, sde, x, denoise)
+        after_step(x, f"{name} (order {k})", i, t, preds[-1], callback)
+    return finish(run, sde, x, denoise)
 
 
 @register_sampler("dpmpp_2m")
@@ -325,16 +318,4 @@ def dpmpp_3m_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[i
 
 # ----- shared ends of a step and of a run -----------------------------------------------------------
 
-def _after_step(x: Tensor, where: str, i: int, t: Tensor, x0: Tensor, callback) -> None:
-    check_finite(x, where, i, t)
-    if callback is not None:
-        callback({"i": i, "t": t, "x": x, "x_mean": x, "denoised": x0})
 
-
-def _finish(run, sde: SDE, x: Tensor, denoise: bool) -> Tuple[Tensor, int]:
-    """With denoise, Tweedie's E[x_0 | x] at the last time (one more call). Returns (x, nfe)."""
-    if denoise:
-        t = run.times(len(run.grid) - 1)
-        run.score.step = len(run.grid) - 1
-        x = denoised(sde, x, t, run.score(x, t.to(x.dtype)))
-    return x, run.score.nfe

@@ -11,7 +11,8 @@ from typing import Optional
 
 import torch
 
-from sde_lib import SDE, append_dims
+from sde_lib import SDE
+from samplers.base import coeff
 from score_toolkit.registry import Registry
 
 Tensor = torch.Tensor
@@ -36,11 +37,6 @@ def _noise(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
-    """A per-sample float64 coefficient [B] as x's dtype, broadcastable against x."""
-    return append_dims(v.to(x.dtype), x.ndim)
-
-
 class Predictor(abc.ABC):
     def __init__(self, sde: SDE, score_fn, probability_flow: bool = False):
         self.sde, self.score_fn, self.probability_flow = sde, score_fn, probability_flow
@@ -58,10 +54,10 @@ class EulerMaruyamaPredictor(Predictor):
     def update(self, x, t, t_next, generator=None):
         dt = t_next - t
         drift, g = self.rsde.sde(x, t)
-        x_mean = torch.addcmul(x, drift, _bcast(dt, x))
+        x_mean = torch.addcmul(x, drift, coeff(dt, x))
         if self.probability_flow:
             return x_mean, x_mean
-        return torch.addcmul(x_mean, _bcast(g * (-dt).sqrt(), x), _noise(x, generator)), x_mean
+        return torch.addcmul(x_mean, coeff(g * (-dt).sqrt(), x), _noise(x, generator)), x_mean
 
 
 @register_predictor(name="reverse_diffusion")
@@ -76,7 +72,7 @@ class ReverseDiffusionPredictor(Predictor):
         x_mean = x - rev_f
         if self.probability_flow:
             return x_mean, x_mean
-        return torch.addcmul(x_mean, _bcast(G, x), _noise(x, generator)), x_mean
+        return torch.addcmul(x_mean, coeff(G, x), _noise(x, generator)), x_mean
 
 
 @register_predictor(name="ancestral_sampling")
@@ -101,8 +97,8 @@ class AncestralSamplingPredictor(Predictor):
         sigma_t, sigma_s = self.sde.marginal_coeffs(t)[1], self.sde.marginal_coeffs(t_next)[1]
         x0 = self.sde.tweedie(x, t, self.score_fn(x, t.to(x.dtype)))
         alpha_s = self.sde.marginal_coeffs(t_next)[0]
-        x_mean = torch.addcmul(_bcast(a * (sigma_s / sigma_t) ** 2, x) * x, _bcast(alpha_s * (b / sigma_t) ** 2, x), x0)
-        return torch.addcmul(x_mean, _bcast(b * sigma_s / sigma_t, x), _noise(x, generator)), x_mean
+        x_mean = torch.addcmul(coeff(a * (sigma_s / sigma_t) ** 2, x) * x, coeff(alpha_s * (b / sigma_t) ** 2, x), x0)
+        return torch.addcmul(x_mean, coeff(b * sigma_s / sigma_t, x), _noise(x, generator)), x_mean
 
 
 @register_predictor(name="none")

@@ -37,8 +37,8 @@ import torch
 from tqdm.auto import tqdm
 
 from sde_lib import SDE
-from samplers.base import denoised, register_sampler, start
-from samplers.dpm_solver import _after_step, _b, _check_order, _finish, data_step
+from samplers.base import after_step, check_order, coeff, denoised, finish, register_sampler, start
+from samplers.dpm_solver import data_step
 from samplers.guards import check_one_of
 
 Tensor = torch.Tensor
@@ -71,7 +71,7 @@ def unipc_update(sde: SDE, x: Tensor, times: List[Tensor], preds: List[Tensor], 
     lam_s = sde.log_snr(s)
     h = sde.log_snr(t) - lam_s
     r = [(sde.log_snr(u) - lam_s) / h for u in times[-order:-1]]
-    D = [(d - d0) / _b(r_m, x) for d, r_m in zip(preds[-order:-1], r)]
+    D = [(d - d0) / coeff(r_m, x) for d, r_m in zip(preds[-order:-1], r)]
     if d_t is not None:
         r, D = r + [torch.ones_like(h)], D + [d_t - d0]
     x_t = data_step(sde, x, s, t, d0)
@@ -79,7 +79,7 @@ def unipc_update(sde: SDE, x: Tensor, times: List[Tensor], preds: List[Tensor], 
         return x_t
     rho, B_h = _rhos(torch.stack(r, dim=-1), h, variant)
     alpha_t = sde.marginal_coeffs(t)[0]
-    return x_t - _b(alpha_t * B_h, x) * sum(_b(rho[:, m], x) * D_m for m, D_m in enumerate(D))
+    return x_t - coeff(alpha_t * B_h, x) * sum(coeff(rho[:, m], x) * D_m for m, D_m in enumerate(D))
 
 
 @register_sampler("unipc")
@@ -104,7 +104,7 @@ def unipc_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int]
     sampling under 10 steps; on a two-mode 2-D mixture with its exact score bh1's errors at 5 and 10 steps
     are 1.0-3.6 times bh2's (2.0-3.6 at order 2): its rho = 1/2 overshoots the exact 1/2 - h/6 + ... on long steps.
     """
-    order = _check_order(order, (1, 2, 3), "unipc")
+    order = check_order(order, (1, 2, 3), "unipc")
     check_one_of("variant", variant, UNIPC_VARIANTS)
     run = start(sde, score_fn, shape, steps=steps, grid=grid, eps=eps, x_T=x_T, seed=seed, generator=generator,
                 device=device, dtype=dtype, cond=cond, default_grid="uniform_log_snr")
@@ -125,5 +125,5 @@ def unipc_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int]
             x_t = unipc_update(sde, x, times, preds, t, k, variant, d_t)
             times, preds = (times + [t])[-order:], (preds + [d_t])[-order:]
         x = x_t
-        _after_step(x, f"unipc (order {k})", i, t, d_s, callback)
-    return _finish(run, sde, x, denoise)
+        after_step(x, f"unipc (order {k})", i, t, d_s, callback)
+    return finish(run, sde, x, denoise)

@@ -4,6 +4,7 @@ import torch
 
 from score_toolkit import analytic
 import sde_lib
+from sde_lib import append_dims
 
 # The known-answer tests run many small ops, for which one thread is faster than two
 # (no thread hand-offs) and gives the same bits on every machine.
@@ -31,3 +32,33 @@ def random_mixture(dim: int, k: int = 3, seed: int = 1):
     covs = A @ A.transpose(1, 2) + 0.1 * torch.eye(dim)
     w = torch.linspace(1, 2, k)
     return analytic.GaussianMixture(w, means, covs)
+
+
+class Counted:
+    """A score function that counts its calls."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.fn(x, t)
+
+
+def point_mass_score(sde, mu):
+    """The exact score of p_t = N(alpha_t mu, sigma_t^2 I): data that are the single point mu."""
+    def score(x, t):
+        alpha, sigma = sde.marginal_coeffs(t.double())
+        return (-(x - append_dims(alpha, x.ndim) * mu) / append_dims(sigma ** 2, x.ndim)).to(x.dtype)
+    return score
+
+
+def set_keys(config, **overrides):
+    """Set dotted config keys ("training.n_iters": 5, ...) in place; returns the config."""
+    for key, value in overrides.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return config

@@ -15,32 +15,13 @@ from samplers.controllable import (colorization_basis, colorize_sample, inpaint_
                                    thresholded_score)
 from samplers.ddim import ddim_sample
 from score_toolkit.analytic import GaussianMixture
-from tests.conftest import make_sdes
+from tests.conftest import Counted, make_sdes, point_mass_score
 
 F64 = torch.float64
 
 
-class Counted:
-    """A score function that counts its calls."""
-
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
-
-    def __call__(self, x, t):
-        self.calls += 1
-        return self.fn(x, t)
-
-
 def never_called(x, t):
     raise AssertionError("the score was called before the arguments were checked")
-
-
-def point_mass_score(sde, mu):
-    """The exact score of p_t = N(alpha_t mu, sigma_t^2 I): data that are the single point mu."""
-    def score(x, t):
-        alpha, sigma = sde.marginal_coeffs(t.double())
-        return (-(x - append_dims(alpha, x.ndim) * mu) / append_dims(sigma ** 2, x.ndim)).to(x.dtype)
-    return score
 
 
 def correlated_gaussian(dim=6, seed=0):

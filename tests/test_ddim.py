@@ -5,31 +5,11 @@ import torch
 
 import samplers
 import sde_lib
-from sde_lib import append_dims
 from samplers.ddim import ddim_sample, ddpm_strided_grid
 from score_toolkit.analytic import GaussianMixture
-from tests.conftest import make_sdes, mixture_2d
+from tests.conftest import Counted, make_sdes, mixture_2d, point_mass_score
 
 F64 = torch.float64
-
-
-class Counted:
-    """A score function that counts its calls."""
-
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
-
-    def __call__(self, x, t):
-        self.calls += 1
-        return self.fn(x, t)
-
-
-def point_mass_score(sde, mu):
-    """The exact score of p_t = N(alpha_t mu, sigma_t^2 I): data that are the single point mu."""
-    def score(x, t):
-        alpha, sigma = sde.marginal_coeffs(t.double())
-        return -(x - append_dims(alpha, x.ndim) * mu) / append_dims(sigma ** 2, x.ndim)
-    return score
 
 
 def random_grid(sde, n, seed):

@@ -12,7 +12,8 @@ from samplers.ddim import ddim_sample
 from samplers.dpm_solver import (dpm_solver_sample, dpmpp_2m_sample, dpmpp_2s_sample, dpmpp_3m_sample,
                                  dpmpp_multistep_update, singlestep_orders)
 from tests.conftest import make_sdes, mixture_2d
-from tests.test_ddim import Counted, point_mass_score, random_grid
+from tests.conftest import Counted, point_mass_score
+from tests.test_ddim import random_grid
 
 F64 = torch.float64
 

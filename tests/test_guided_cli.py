@@ -11,18 +11,9 @@ import torch
 from configs.gmm_vp_mlp_cond import get_config as get_cond_config
 from configs.swissroll_vp_mlp import get_config
 from score_toolkit import builders, toy_data
+from tests.conftest import set_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _set(config, **kv):
-    for key, value in kv.items():
-        *path, last = key.split(".")
-        node = config
-        for part in path:
-            node = node[part]
-        node[last] = value
-    return config
 
 
 @pytest.mark.parametrize("config, overrides, message", [
@@ -38,13 +29,13 @@ def _set(config, **kv):
 ])
 def test_meaningless_guidance_settings_are_refused(config, overrides, message):
     with pytest.raises(builders.ConfigError, match=message):
-        builders.validate_config(_set(config(), **overrides))
+        builders.validate_config(set_keys(config(), **overrides))
 
 
 def test_sample_labels_cycle_through_classes_or_fix_one():
     config = get_cond_config()
     assert torch.equal(builders.sample_labels(config, 10, start=5)["y"], torch.arange(5, 15) % 8)
-    assert torch.equal(builders.sample_labels(_set(config, **{"sampling.class_label": 3}), 4)["y"], torch.full((4,), 3))
+    assert torch.equal(builders.sample_labels(set_keys(config, **{"sampling.class_label": 3}), 4)["y"], torch.full((4,), 3))
     assert builders.sample_labels(get_config(), 4) == {}
 
 

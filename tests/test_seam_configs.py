@@ -6,16 +6,7 @@ import torch
 from configs.fashionmnist_vp_ddpmpp import get_config as get_image_config
 from configs.swissroll_vp_mlp import get_config
 from score_toolkit import builders, data_lib
-
-
-def _set(config, **kv):
-    for key, value in kv.items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    return config
+from tests.conftest import set_keys
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -30,21 +21,21 @@ def _set(config, **kv):
 ])
 def test_meaningless_combinations_are_refused(overrides, message):
     with pytest.raises(builders.ConfigError, match=message):
-        builders.validate_config(_set(get_config(), **overrides))
+        builders.validate_config(set_keys(get_config(), **overrides))
 
 
 def test_data_and_model_centering_must_agree():
-    config = _set(get_image_config(), **{"data.centered": False})
+    config = set_keys(get_image_config(), **{"data.centered": False})
     with pytest.raises(builders.ConfigError, match=r"config.model.centered = True .*must equal config.data.centered = False"):
         builders.validate_config(config)
 
 
 def test_every_sde_argument_comes_from_the_config():
-    config = _set(get_config(), **{"sde.schedule": "cosine", "sde.beta_max": 999.0, "sde.cosine_s": 0.02})
+    config = set_keys(get_config(), **{"sde.schedule": "cosine", "sde.beta_max": 999.0, "sde.cosine_s": 0.02})
     sde = builders.build_sde(config)
     assert (sde.schedule, sde.cosine_s) == ("cosine", 0.02)
-    assert builders.sde_kwargs(_set(get_config(), **{"sde.name": "vesde"}), type(builders.build_sde(
-        _set(get_config(), **{"sde.name": "vesde"})))) == {"sigma_min": 0.01, "sigma_max": 50.0, "N": 1000}
+    assert builders.sde_kwargs(set_keys(get_config(), **{"sde.name": "vesde"}), type(builders.build_sde(
+        set_keys(get_config(), **{"sde.name": "vesde"})))) == {"sigma_min": 0.01, "sigma_max": 50.0, "N": 1000}
 
 
 def test_validate_builds_the_network_as_training_seeds_it():
@@ -58,7 +49,7 @@ def test_validate_builds_the_network_as_training_seeds_it():
 
 def test_labelled_point_data_yield_labels_and_unlabelled_none():
     g = torch.Generator().manual_seed(0)
-    data = data_lib.load(_set(get_config(), **{"data.name": "gmm"}))
+    data = data_lib.load(set_keys(get_config(), **{"data.name": "gmm"}))
     x, cond = data.train_batch(64, g)
     assert x.shape == (64, 2) and cond["y"].shape == (64,)
     # the label is the component that drew the point: the nearest mean for these well-separated components
@@ -70,7 +61,7 @@ def test_labelled_point_data_yield_labels_and_unlabelled_none():
 
 
 def test_the_sampler_named_in_the_config_is_built_with_its_own_keys():
-    config = _set(get_config(), **{"sampling.method": "pc", "sampling.corrector_options.norm": "sample"})
+    config = set_keys(get_config(), **{"sampling.method": "pc", "sampling.corrector_options.norm": "sample"})
     assert builders.corrector_options(config) == {"norm": "sample"}
-    config = _set(get_config(), **{"sampling.corrector": "ald"})
+    config = set_keys(get_config(), **{"sampling.corrector": "ald"})
     assert builders.corrector_options(config) == {}

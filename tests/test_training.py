@@ -15,6 +15,7 @@ from score_toolkit import checkpoints
 from score_toolkit import evaluation
 from score_toolkit import training
 from configs.swissroll_vp_mlp import get_config
+from tests.conftest import set_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,13 +29,7 @@ def small_config(**overrides):
     c.optim.warmup = 5
     c.sampling.N, c.sampling.n_samples, c.sampling.batch_size = 20, 100, 100
     c.eval.n_nll, c.eval.batch_size, c.eval.n_samples = 100, 50, 100
-    for key, value in overrides.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return c
+    return set_keys(c, **overrides)
 
 
 def final_weights(workdir):

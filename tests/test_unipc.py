@@ -13,7 +13,8 @@ from samplers.ddim import ddim_sample
 from samplers.dpm_solver import data_step, dpmpp_multistep_update
 from samplers.unipc import unipc_sample, unipc_update
 from tests.conftest import make_sdes, mixture_2d
-from tests.test_ddim import Counted, point_mass_score, random_grid
+from tests.conftest import Counted, point_mass_score
+from tests.test_ddim import random_grid
 from tests.test_dpm_solver import flow_reference, spread
 
 F64 = torch.float64

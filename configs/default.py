@@ -11,6 +11,8 @@ def get_default_config() -> ml_collections.ConfigDict:
     # "auto" (CUDA when available), "cpu", "cuda" or "cuda:<index>". The 2-D toys' small MLPs
     # run fastest on the CPU, where a kernel launch costs more than their arithmetic.
     config.device = "cpu"
+    # torch.compile the network's forward for training (sampling and likelihoods run it uncompiled).
+    config.compile = False
 
     config.data = data = ml_collections.ConfigDict()
     data.kind = "points"          # "points" (2-D toys) or "images"
@@ -60,6 +62,11 @@ def get_default_config() -> ml_collections.ConfigDict:
     training.snapshot_freq = 2000
     training.checkpoint_freq = 1000
     training.keep_checkpoints = 3
+    # fp32 | tf32 (CUDA matmuls and convolutions in TF32; plain fp32 on the CPU) | bf16 | fp16:
+    # bf16 and fp16 run the forward under torch.autocast, fp16 with a loss scaler whose state is
+    # checkpointed. Weights, EMA and Adam's moments stay fp32; sampling and likelihoods run in fp32.
+    training.precision = "fp32"
+    training.channels_last = False  # images: network and batches in channels_last memory format
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.lr = 2e-3
@@ -68,6 +75,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     optim.weight_decay = 0.0
     optim.warmup = 200            # linear learning-rate warm-up steps
     optim.grad_clip = 1.0         # max gradient norm; 0 turns clipping off
+    optim.impl = "default"        # Adam's implementation: default | foreach | fused (one kernel; not on every device)
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"        # pc | ode | any name in samplers.list_samplers()

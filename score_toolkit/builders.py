@@ -9,6 +9,7 @@ import inspect
 import os
 import json
 import re
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import ml_collections
@@ -21,6 +22,9 @@ import sde_lib
 
 Tensor = torch.Tensor
 MODEL_META_KEYS = ("name", "ema_rate", "parametrization")  # config.model keys that are not network arguments
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")  # config.training.precision
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+OPTIM_IMPLS = ("default", "foreach", "fused")  # config.optim.impl
 
 
 class UserError(Exception):
@@ -290,6 +294,7 @@ def validate_config(config: ml_collections.ConfigDict) -> torch.nn.Module:
         _positive(config, key, allow_zero=True)
     _require(0 <= config.model.ema_rate < 1, "model.ema_rate", config.model.ema_rate, "must lie in [0, 1)")
     _require(0 <= config.optim.beta1 < 1, "optim.beta1", config.optim.beta1, "must lie in [0, 1)")
+    _validate_speed_options(config)
     sde = build_sde(config)
     for key in ("training.eps", "sampling.eps", "eval.nll_eps"):
         value = _get(config, key)
@@ -313,6 +318,48 @@ def validate_config(config: ml_collections.ConfigDict) -> torch.nn.Module:
     else:
         _validate_images(config)
     return net
+
+
+def _validate_speed_options(config) -> None:
+    """Precision, memory format, Adam's implementation and compilation: values the device can run."""
+    device = get_device(config)
+    _one_of(config, "training.precision", PRECISIONS)
+    precision = config.training.precision
+    if precision == "bf16" and device.type == "cuda":
+        _require(torch.cuda.is_bf16_supported(), "training.precision", precision,
+                 f"{torch.cuda.get_device_name(device)} does not support bfloat16; use 'fp16', 'tf32' or 'fp32'")
+    if precision in AUTOCAST_DTYPES:
+        _require(autocast_supported(device.type, AUTOCAST_DTYPES[precision]), "training.precision", precision,
+                 f"torch {torch.__version__} has no {AUTOCAST_DTYPES[precision]} autocast on {device.type}; "
+                 f"use one of {[p for p in PRECISIONS if p not in AUTOCAST_DTYPES]}")
+    for key in ("training.channels_last", "compile"):
+        _require(isinstance(_get(config, key), bool), key, _get(config, key), "must be True or False")
+    _require(not config.training.channels_last or config.data.kind == "images", "training.channels_last", True,
+             "channels_last is a memory format of images [B, C, H, W]; set it False for point data")
+    _one_of(config, "optim.impl", OPTIM_IMPLS)
+    if config.optim.impl == "fused":
+        _require(fused_adam_supported(device), "optim.impl", "fused",
+                 f"torch {torch.__version__} has no fused Adam on {device.type}; use 'foreach' or 'default'")
+
+
+def autocast_supported(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether torch.autocast(device_type, dtype) is on when entered (an unsupported dtype is turned
+    off with a warning)."""
+    if not torch.amp.is_autocast_available(device_type):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.autocast(device_type, dtype=dtype):
+            return torch.is_autocast_enabled(device_type)
+
+
+def fused_adam_supported(device: torch.device) -> bool:
+    """Whether torch.optim.Adam(fused=True) takes parameters on `device` (it checks at construction)."""
+    try:
+        torch.optim.Adam([torch.zeros(1, device=device, requires_grad=True)], fused=True)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _validate_sampling(config) -> None:
@@ -431,13 +478,15 @@ def _validate_images(config) -> None:
 
 
 # Keys that may differ between runs of one workdir: how long and how often (training.n_iters and the
-# frequencies), where (device, num_threads, data.root: the files' location, not their content), and
-# how to sample and evaluate (sampling.*, eval.*). Every other key (data, SDE, model, loss, optimizer,
+# frequencies), where (device, num_threads, data.root: the files' location, not their content),
+# how to sample and evaluate (sampling.*, eval.*), and how fast to compute the same steps (memory
+# format, Adam's implementation, compilation; training.precision changes the steps and stays fixed). Every other key (data, SDE, model, loss, optimizer,
 # batch size, seed: the seed draws the initial weights, the data stream and the 2-D data sets) defines
 # what the workdir's checkpoints are. A key that only one side has (added to or removed from the
 # configs since the workdir was made) is allowed too: a new key's default keeps the old behaviour.
 RUN_TIME_KEYS = ("training.n_iters", "training.log_freq", "training.snapshot_freq", "training.checkpoint_freq",
-                 "training.keep_checkpoints", "device", "num_threads", "data.root", "sampling.*", "eval.*")
+                 "training.keep_checkpoints", "device", "num_threads", "data.root", "sampling.*", "eval.*",
+                 "training.channels_last", "optim.impl", "compile")
 ABSENT = "(absent)"
 
 

@@ -6,6 +6,7 @@ the same weights, bit for bit, as one that never stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -24,6 +25,17 @@ from score_toolkit import data_lib
 import models
 from score_toolkit import plotting
 
+# Mixed precision: the dtype that torch.autocast runs the forward pass in. Weights, EMA and Adam's
+# moments stay float32 in every mode; "tf32" only lets CUDA matmuls and convolutions round their
+# inputs to TF32 (on the CPU it is plain fp32).
+# (builders.PRECISIONS and builders.OPTIM_IMPLS list the allowed values; validate_config checks the device.)
+AUTOCAST_DTYPES = builders.AUTOCAST_DTYPES
+
+
+def make_grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
+    """The fp16 loss scaler (a disabled one, which passes everything through, in other modes)."""
+    return torch.amp.GradScaler(device.type, enabled=enabled)
+
 
 class TrainState:
     """Model, EMA, optimizer, step and RNG states: everything a run needs to continue exactly."""
@@ -35,13 +47,37 @@ class TrainState:
         # Built on the CPU, then moved: the same seed gives the same initial weights on every device.
         self.model = (net if net is not None else builders.build_model(config)).to(self.device)
         self.ema = models.ExponentialMovingAverage(self.model.parameters(), decay=config.model.ema_rate)
+        self.precision = config.training.precision
+        if config.training.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         o = config.optim
+        impl = {} if o.impl == "default" else {o.impl: True}  # foreach=True or fused=True
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.lr, betas=(o.beta1, 0.999), eps=o.eps,
-                                          weight_decay=o.weight_decay)
+                                          weight_decay=o.weight_decay, **impl)
+        self.scaler = make_grad_scaler(self.device, enabled=self.precision == "fp16")
         self.step = 0
         # Batches, times and noise come from this CPU generator on every device, so a run's data
         # stream does not depend on where it trains; dropout draws from the device's own RNG.
         self.generator = torch.Generator().manual_seed(config.seed + 1)
+
+    def autocast(self):
+        """The forward pass's context: torch.autocast for bf16 and fp16, nothing otherwise."""
+        dtype = AUTOCAST_DTYPES.get(self.precision)
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def matmul_precision(self):
+        """TF32 matmuls and convolutions while training with precision "tf32" on CUDA; the flags are
+        restored after, so sampling and likelihoods stay fp32."""
+        if self.precision != "tf32" or self.device.type != "cuda":
+            yield
+            return
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
     def rng_state(self) -> dict:
         state = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
@@ -50,15 +86,20 @@ class TrainState:
         return state
 
     def state_dict(self, config) -> dict:
-        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "step": self.step,
-                "rng": self.rng_state(), "config": config.to_json()}
+        state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "step": self.step,
+                 "rng": self.rng_state(), "config": config.to_json()}
+        if self.scaler.is_enabled():  # fp16: the loss scale and its growth counter, for an exact resume
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
+        if self.scaler.is_enabled() and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and "cuda" in state["rng"]:
@@ -73,19 +114,32 @@ def _lr(config, step: int) -> float:
 
 def train_step(state: TrainState, loss_fn, model, batch: torch.Tensor, config, cond: Optional[dict] = None) -> tuple:
     """One optimizer step on `batch` with its conditioning `cond`; returns (loss, grad_norm) as floats.
-    `model` is the network's `models.Precond` wrapper (or any score_fn)."""
+    `model` is the network's `models.Precond` wrapper (or any score_fn).
+
+    Under fp16 the loss is scaled before backward and the gradients unscaled before clipping; an
+    overflow (non-finite gradients, finite loss) skips the optimizer and EMA updates, halves the
+    scale and logs a warning, and the step still counts. A non-finite loss returns before any update."""
     for group in state.optimizer.param_groups:
         group["lr"] = _lr(config, state.step)
-    loss = loss_fn(model, batch, state.generator, **(cond or {}))
-    state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    with state.matmul_precision():
+        with state.autocast():
+            loss = loss_fn(model, batch, state.generator, **(cond or {}))
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+    state.scaler.unscale_(state.optimizer)  # a no-op unless fp16
     clip = config.optim.grad_clip if config.optim.grad_clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip)
     loss_value = loss.item()
     if not math.isfinite(loss_value):
         return loss_value, float(grad_norm)
-    state.optimizer.step()
-    state.ema.update(state.model.parameters())
+    scale = state.scaler.get_scale() if state.scaler.is_enabled() else None
+    state.scaler.step(state.optimizer)  # optimizer.step(), skipped by an enabled scaler on inf/NaN gradients
+    state.scaler.update()
+    if scale is not None and state.scaler.get_scale() < scale:
+        logging.warning("step %d: fp16 gradients overflowed at loss scale %g; optimizer step skipped, "
+                        "loss scale now %g", state.step + 1, scale, state.scaler.get_scale())
+    else:
+        state.ema.update(state.model.parameters())
     state.step += 1
     return loss_value, float(grad_norm)
 
@@ -194,6 +248,15 @@ def _stop_if_not_finite(loss: float, step: int, ckpt_dir: str) -> None:
             f"The last good checkpoint is {last[0][1] if last else 'none (no checkpoint was written yet)'}")
 
 
+def training_model(config, sde, state: TrainState) -> "models.Precond":
+    """The preconditioned network that training steps call: state.model, its forward compiled by
+    torch.compile when config.compile (the same parameters; snapshots sample with the uncompiled one)."""
+    model = builders.build_precond(config, sde, state.model)
+    if config.compile:
+        model.net = torch.compile(state.model)
+    return model
+
+
 def check_inputs(config, workdir: str) -> torch.nn.Module:
     """Every check `train` needs, with nothing written: the config (builders.validate_config), the
     training data's files, and, for an existing workdir, that it was made with an equivalent config
@@ -220,7 +283,10 @@ def train(config, workdir: str, max_steps: Optional[int] = None, net: Optional[t
     data = data_lib.load(config)
     loss_fn = builders.build_loss(config, sde)
     state = resume_or_start(config, ckpt_dir, net)
-    model = builders.build_precond(config, sde, state.model)
+    model = training_model(config, sde, state)
+    if state.precision == "tf32" and state.device.type != "cuda":
+        logging.info("training.precision = 'tf32' applies to CUDA matmuls only; on %s training runs in fp32",
+                     state.device)
     metrics = MetricsLog(os.path.join(workdir, "metrics.jsonl"), state.step)
     t = config.training
     end = t.n_iters if max_steps is None else min(t.n_iters, state.step + max_steps)
@@ -231,15 +297,21 @@ def train(config, workdir: str, max_steps: Optional[int] = None, net: Optional[t
         while state.step < end and stop.signum is None:
             batch, cond = data.train_batch(t.batch_size, state.generator)
             cond = {k: v.to(state.device) for k, v in model.select(cond).items()}
-            loss, grad_norm = train_step(state, loss_fn, model, batch.to(state.device), config, cond)
+            batch = batch.to(state.device)
+            if t.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            loss, grad_norm = train_step(state, loss_fn, model, batch, config, cond)
             _stop_if_not_finite(loss, state.step + 1, ckpt_dir)
             bar.update(1)
             step = state.step
             if step % t.log_freq == 0 or step == end:
                 rate = (step - s0) / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                metrics.write({"step": step, "loss": loss, "grad_norm": grad_norm, "lr": _lr(config, step - 1),
-                               "steps_per_s": round(rate, 2)})
+                record = {"step": step, "loss": loss, "grad_norm": grad_norm, "lr": _lr(config, step - 1),
+                          "steps_per_s": round(rate, 2)}
+                if state.scaler.is_enabled():
+                    record["loss_scale"] = state.scaler.get_scale()
+                metrics.write(record)
                 logging.info("step %d  loss %.5f  grad_norm %.3f  %.1f steps/s", step, loss, grad_norm, rate)
             if step % t.checkpoint_freq == 0 or step == t.n_iters:
                 checkpoints.save_checkpoint(ckpt_dir, step, state.state_dict(config), t.keep_checkpoints)

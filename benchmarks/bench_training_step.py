@@ -45,7 +45,7 @@ SETTINGS = {  # name: the keys that differ from BASELINE
 TINY = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,))
 
 
-def bench_config(args) -> "ml_collections.ConfigDict":
+def bench_config(args):
     config = get_image_config("cifar10", "vpsde", "ddpmpp", "paper")
     config.device = args.device
     config.training.batch_size = args.batch_size
@@ -101,7 +101,6 @@ def bench_toolkit(config, repeats: int, warmup: int) -> dict:
     state.model.train()
     result = time_steps(lambda: training.train_step(state, loss_fn, model, x, config), state.device, repeats,
                         warmup + (2 if config.compile else 0))  # compilation happens in the first calls
-    del state, model
     return result
 
 

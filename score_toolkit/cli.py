@@ -229,7 +229,8 @@ def _flag_error_message(e: Exception, config) -> str:
 
 
 def usage() -> str:
-    modes = "\n".join(f"  {name:<11} {text}" for name, text in MODES.items())
+    width = max(map(len, MODES)) + 1
+    modes = "\n".join(f"  {name:<{width}} {text}" for name, text in MODES.items())
     flag_help = "\n".join(f"  --{f.name:<11} {f.help}" for f in FLAGS.get_flags_for_module(__name__))
     files = config_files()
     width = max(len(n) for n, _ in files)

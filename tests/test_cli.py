@@ -94,7 +94,7 @@ def test_the_printed_key_listing_command_works():
 
 def test_help_names_every_config_file_with_its_description():
     r = cli("--help")
-    assert r.returncode == 0 and "--mode" in r.stdout and "config      print the config's keys" in r.stdout
+    assert r.returncode == 0 and "--mode" in r.stdout and "config            print the config's keys" in r.stdout
     for path, first in config_files():
         assert f"{os.path.basename(path)}  " in r.stdout and first in r.stdout, path
 

@@ -320,6 +320,14 @@ def validate_config(config: ml_collections.ConfigDict) -> torch.nn.Module:
     return net
 
 
+def check_world_size(config, world_size: int) -> None:
+    """Data-parallel training splits each global batch of config.training.batch_size rows evenly
+    over the world_size processes that torchrun started."""
+    batch = config.training.batch_size
+    _require(world_size <= 1 or batch % world_size == 0, "training.batch_size", batch,
+             f"must be divisible by the world size {world_size} (the number of processes torchrun started)")
+
+
 def _validate_speed_options(config) -> None:
     """Precision, memory format, Adam's implementation and compilation: values the device can run."""
     device = get_device(config)

@@ -335,6 +335,7 @@ def main(command: Command, argv: List[str]) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     from score_toolkit import builders  # imported here so that --help and flag errors stay fast
+    from score_toolkit import distributed
     from score_toolkit import evaluation
     from score_toolkit import training
 
@@ -354,10 +355,14 @@ def main(command: Command, argv: List[str]) -> int:
             e.args = (f"{e}: {command.line(e.make_with, workdir if e.make_with == 'train' else None)}",)
         raise
     os.makedirs(workdir, exist_ok=True)  # every input was checked: the run can start
-    _log_to_file(workdir)
+    if distributed.is_main():
+        _log_to_file(workdir)
+    else:  # torchrun's other ranks: warnings and errors only, on stderr
+        logging.getLogger().setLevel(logging.WARNING)
     logging.info("%s", " ".join(shlex.quote(a) for a in argv))
     if mode == "train":
-        training.train(config, workdir, net=net)
+        with distributed.session(builders.get_device(config)):
+            training.train(config, workdir, net=net)
     elif mode == "eval":
         evaluation.evaluate(config, workdir, FLAGS.eval_folder, net=net)
     elif mode == "sample":

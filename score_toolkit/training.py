@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from score_toolkit import builders
 from score_toolkit import checkpoints
 from score_toolkit import data_lib
+from score_toolkit import distributed
 import models
 from score_toolkit import plotting
 
@@ -43,7 +44,7 @@ class TrainState:
     def __init__(self, config, net: Optional[torch.nn.Module] = None):
         """`net`: the network as `builders.validate_config` built it (seeded by config.seed); built here if None."""
         torch.manual_seed(config.seed)  # seeds CUDA's generators too
-        self.device = builders.get_device(config)
+        self.device = distributed.local_device(builders.get_device(config))
         # Built on the CPU, then moved: the same seed gives the same initial weights on every device.
         self.model = (net if net is not None else builders.build_model(config)).to(self.device)
         self.ema = models.ExponentialMovingAverage(self.model.parameters(), decay=config.model.ema_rate)
@@ -88,7 +89,7 @@ class TrainState:
     def state_dict(self, config) -> dict:
         state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "step": self.step,
-                 "rng": self.rng_state(), "config": config.to_json()}
+                 "rng": self.rng_state(), "config": config.to_json(), "world_size": distributed.world()}
         if self.scaler.is_enabled():  # fp16: the loss scale and its growth counter, for an exact resume
             state["scaler"] = self.scaler.state_dict()
         return state
@@ -155,6 +156,9 @@ def resume_or_start(config, ckpt_dir: str, net: Optional[torch.nn.Module] = None
                                                    f"another config: {builders.describe_differences(refused)}")
         state.load_state_dict(saved)
         logging.info("resumed from step %d (%s)", step, ckpt_dir)
+        if int(saved.get("world_size", 1)) != distributed.world():  # the data stream does not depend on it
+            logging.info("the checkpoint was trained on %d process(es), this run has %d",
+                         int(saved.get("world_size", 1)), distributed.world())
     return state
 
 
@@ -248,12 +252,20 @@ def _stop_if_not_finite(loss: float, step: int, ckpt_dir: str) -> None:
             f"The last good checkpoint is {last[0][1] if last else 'none (no checkpoint was written yet)'}")
 
 
+def _agreed_stop(stop: StopRequest) -> Optional[int]:
+    """The signal that stops training, agreed by all ranks: any rank's signal stops every rank."""
+    return distributed.all_reduce_max(stop.signum or 0) or None if distributed.active() else stop.signum
+
+
 def training_model(config, sde, state: TrainState) -> "models.Precond":
     """The preconditioned network that training steps call: state.model, its forward compiled by
-    torch.compile when config.compile (the same parameters; snapshots sample with the uncompiled one)."""
+    torch.compile when config.compile (the same parameters; snapshots sample with the uncompiled one).
+    Under torchrun the network runs on this rank's rows of each global batch (distributed.ShardedNet)."""
     model = builders.build_precond(config, sde, state.model)
     if config.compile:
         model.net = torch.compile(state.model)
+    if distributed.active():
+        model.net = distributed.ShardedNet(model.net, state.device)
     return model
 
 
@@ -262,6 +274,7 @@ def check_inputs(config, workdir: str) -> torch.nn.Module:
     training data's files, and, for an existing workdir, that it was made with an equivalent config
     (checkpoints.check_run_config). Returns the network validate_config built."""
     net = builders.validate_config(config)
+    builders.check_world_size(config, distributed.env_world_size())
     data_lib.check_files(config, ("train",))
     checkpoints.check_run_config(workdir, config)
     return net
@@ -273,28 +286,35 @@ def train(config, workdir: str, max_steps: Optional[int] = None, net: Optional[t
     `max_steps` stops after that many steps of this call (a test hook); checkpoints still follow
     config.training.checkpoint_freq. `net`: what `check_inputs` returned, whose checks are then not
     repeated. SIGINT or SIGTERM saves the step in progress and raises TrainingStopped.
+    Under torchrun every rank runs this; rank 0 alone writes, and a signal on any rank stops all of
+    them after the same step.
     """
     if net is None:
         net = check_inputs(config, workdir)
-    checkpoints.start_run(workdir, config)
+    main = distributed.is_main()
+    if main:
+        checkpoints.start_run(workdir, config)
+        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     sde = builders.build_sde(config)
     data = data_lib.load(config)
     loss_fn = builders.build_loss(config, sde)
     state = resume_or_start(config, ckpt_dir, net)
+    if distributed.active():
+        distributed.seed_rank_rng(config.seed, state.step)
     model = training_model(config, sde, state)
     if state.precision == "tf32" and state.device.type != "cuda":
         logging.info("training.precision = 'tf32' applies to CUDA matmuls only; on %s training runs in fp32",
                      state.device)
-    metrics = MetricsLog(os.path.join(workdir, "metrics.jsonl"), state.step)
+    metrics = MetricsLog(os.path.join(workdir, "metrics.jsonl"), state.step) if main else None
     t = config.training
     end = t.n_iters if max_steps is None else min(t.n_iters, state.step + max_steps)
     state.model.train()
     t0, s0 = time.perf_counter(), state.step
     with StopRequest() as stop, tqdm(total=t.n_iters, initial=state.step, desc="train", dynamic_ncols=True,
-                                     disable=None) as bar:  # None: no bar when stderr is not a terminal
-        while state.step < end and stop.signum is None:
+                                     disable=None if main else True) as bar:  # None: no bar unless a terminal
+        signum = None
+        while state.step < end and signum is None:
             batch, cond = data.train_batch(t.batch_size, state.generator)
             cond = {k: v.to(state.device) for k, v in model.select(cond).items()}
             batch = batch.to(state.device)
@@ -304,7 +324,7 @@ def train(config, workdir: str, max_steps: Optional[int] = None, net: Optional[t
             _stop_if_not_finite(loss, state.step + 1, ckpt_dir)
             bar.update(1)
             step = state.step
-            if step % t.log_freq == 0 or step == end:
+            if main and (step % t.log_freq == 0 or step == end):
                 rate = (step - s0) / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 record = {"step": step, "loss": loss, "grad_norm": grad_norm, "lr": _lr(config, step - 1),
@@ -313,15 +333,18 @@ def train(config, workdir: str, max_steps: Optional[int] = None, net: Optional[t
                     record["loss_scale"] = state.scaler.get_scale()
                 metrics.write(record)
                 logging.info("step %d  loss %.5f  grad_norm %.3f  %.1f steps/s", step, loss, grad_norm, rate)
-            if step % t.checkpoint_freq == 0 or step == t.n_iters:
+            if main and (step % t.checkpoint_freq == 0 or step == t.n_iters):
                 checkpoints.save_checkpoint(ckpt_dir, step, state.state_dict(config), t.keep_checkpoints)
-            if step % t.snapshot_freq == 0 or step == t.n_iters:
+            if main and (step % t.snapshot_freq == 0 or step == t.n_iters):
                 logging.info("samples: %s", snapshot(state, config, sde, data, workdir))
                 metrics.plot(os.path.join(workdir, "loss.png"))
-    if stop.signum is not None:
-        if state.step and not os.path.exists(checkpoints.checkpoint_path(ckpt_dir, state.step)):
+            signum = _agreed_stop(stop)
+    signum = _agreed_stop(stop)
+    if signum is not None:
+        if main and state.step and not os.path.exists(checkpoints.checkpoint_path(ckpt_dir, state.step)):
             checkpoints.save_checkpoint(ckpt_dir, state.step, state.state_dict(config), t.keep_checkpoints)
-        name = signal.Signals(stop.signum).name
+        distributed.barrier()  # no rank exits (which makes torchrun stop the others) before the save
+        name = signal.Signals(signum).name
         saved = f"which is saved in {ckpt_dir}" if state.step else "before its first step"
-        raise TrainingStopped(f"{name}: training stopped after step {state.step}, {saved}", stop.signum)
+        raise TrainingStopped(f"{name}: training stopped after step {state.step}, {saved}", signum)
     return state

@@ -55,14 +55,8 @@ def bench_config(args):
 
 
 def with_keys(config, keys: dict):
-    config = config.copy_and_resolve_references()
-    for key, value in keys.items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    return config
+    """A copy of config with the dotted keys set."""
+    return builders.set_keys(config.copy_and_resolve_references(), **keys)
 
 
 def synchronize(device: torch.device) -> None:

@@ -46,17 +46,26 @@ def noise_label(sde: SDE, t: Tensor, continuous: bool = True) -> Tensor:
     return t * 999 if continuous else sde.discrete_index(t).to(t.dtype)
 
 
-def _xf(param: str, alpha: Tensor, sigma: Tensor) -> Dict[str, Tuple[Tensor, Tensor]]:
-    """For each output (x0, eps, score): the pair (a, b) with output = a x + b F, float64 [B]."""
-    zero, one = torch.zeros_like(alpha), torch.ones_like(alpha)
-    if param == "eps":
-        return {"x0": (1 / alpha, -sigma / alpha), "eps": (zero, one), "score": (zero, -1 / sigma)}
-    if param == "score":
-        return {"x0": (1 / alpha, sigma ** 2 / alpha), "eps": (zero, -sigma), "score": (zero, one)}
-    if param == "x0":
-        return {"x0": (zero, one), "eps": (1 / sigma, -alpha / sigma), "score": (-1 / sigma ** 2, alpha / sigma ** 2)}
-    n2 = alpha ** 2 + sigma ** 2
-    return {"x0": (alpha / n2, -sigma / n2), "eps": (sigma / n2, alpha / n2), "score": (-1 / n2, -alpha / (sigma * n2))}
+def _n2(alpha: Tensor, sigma: Tensor) -> Tensor:
+    return alpha ** 2 + sigma ** 2
+
+
+# output = a x + b F, per parametrization and output, as functions of (alpha, sigma) (float64 [B]);
+# a is None where it is 0, so those outputs are a single product.
+_XF = {
+    "eps": {"x0": lambda al, si: (1 / al, -si / al),
+            "eps": lambda al, si: (None, torch.ones_like(al)),
+            "score": lambda al, si: (None, -1 / si)},
+    "score": {"x0": lambda al, si: (1 / al, si ** 2 / al),
+              "eps": lambda al, si: (None, -si),
+              "score": lambda al, si: (None, torch.ones_like(al))},
+    "x0": {"x0": lambda al, si: (None, torch.ones_like(al)),
+           "eps": lambda al, si: (1 / si, -al / si),
+           "score": lambda al, si: (-1 / si ** 2, al / si ** 2)},
+    "v": {"x0": lambda al, si: (al / _n2(al, si), -si / _n2(al, si)),
+          "eps": lambda al, si: (si / _n2(al, si), al / _n2(al, si)),
+          "score": lambda al, si: (-1 / _n2(al, si), -al / (si * _n2(al, si)))},
+}
 
 
 def eps_error(param: str, F: Tensor, x0: Tensor, z: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
@@ -105,8 +114,9 @@ class Precond(nn.Module):
     def coefficients(self, t: Tensor) -> Dict[str, Tensor]:
         """EDM's c_skip, c_out, c_in, c_noise at times t [B] (float64, [B] each)."""
         alpha, sigma = self._alpha_sigma(t.double())
-        c_skip, c_out = _xf(self.parametrization, alpha, sigma)["x0"]
-        return {"c_skip": c_skip, "c_out": c_out, "c_in": torch.ones_like(alpha),
+        c_skip, c_out = _XF[self.parametrization]["x0"](alpha, sigma)
+        return {"c_skip": torch.zeros_like(alpha) if c_skip is None else c_skip, "c_out": c_out,
+                "c_in": torch.ones_like(alpha),
                 "c_noise": noise_label(self.sde, t, self.continuous)}
 
     def _alpha_sigma(self, t64: Tensor) -> Tuple[Tensor, Tensor]:
@@ -123,10 +133,9 @@ class Precond(nn.Module):
 
     def _output(self, which: str, x: Tensor, t: Tensor, cond: dict) -> Tensor:
         F = self.raw(x, t, **cond)
-        a, b = _xf(self.parametrization, *self._alpha_sigma(t.double()))[which]
-        if self.parametrization in ("eps", "score") and which != "x0":
-            return append_dims(b.to(F.dtype), F.ndim) * F  # a = 0: no x term to add
-        return torch.addcmul(append_dims(a.to(F.dtype), x.ndim) * x, append_dims(b.to(F.dtype), F.ndim), F)
+        a, b = _XF[self.parametrization][which](*self._alpha_sigma(t.double()))
+        out = append_dims(b.to(F.dtype), F.ndim) * F
+        return out if a is None else torch.addcmul(out, append_dims(a.to(F.dtype), x.ndim), x)
 
     def forward(self, x: Tensor, t: Tensor, **cond) -> Tensor:
         """The score grad_x log p_t(x) [B, ...] at times t [B]."""

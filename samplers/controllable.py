@@ -39,7 +39,7 @@ from sde_lib import SDE, append_dims
 from samplers.base import denoised, get_sampler, list_samplers
 from samplers.grids import get_grid
 from samplers.guards import GuardedScore, check_eps, check_finite, check_positive_int, make_generator
-from samplers.ode import ADAPTIVE
+from samplers.ode import chooses_own_steps
 
 Tensor = torch.Tensor
 __all__ = ["inpaint_sample", "colorize_sample", "colorization_basis", "thresholded_score", "threshold_x0"]
@@ -229,7 +229,7 @@ def _check_sampler(name: str, options: Optional[dict], n: int) -> Tuple[Callable
         kwargs["s_churn"] = options["s_churn"] / n
     elif name == "ode":
         method = options.get("method", params["method"].default)
-        if method in ADAPTIVE or method == "scipy_solver":
+        if chooses_own_steps(method):
             raise ValueError(f"sampler 'ode' needs a fixed-step method here (sampler_options={{'method': 'rk4'}}, "
                              f"'euler', 'midpoint', ...): the loop steps it one grid interval at a time; "
                              f"got method={method!r}")

@@ -23,6 +23,11 @@ Tensor = torch.Tensor
 ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
 
 
+def chooses_own_steps(method: str) -> bool:
+    """Whether an ODE method picks its own steps (adaptive ones and scipy's), so takes no grid."""
+    return method in ADAPTIVE or method == "scipy_solver"
+
+
 def ode_methods() -> list:
     """The solver names torchdiffeq accepts (`method=`)."""
     return sorted(importlib.import_module("torchdiffeq._impl.odeint").SOLVERS)
@@ -64,7 +69,7 @@ def solve_flow(sde: SDE, score_fn, x: Tensor, t0: float, t1: float, *, rtol: flo
     A fixed-step method takes `steps` equal steps, or the times of `grid` (from t0 to t1) when given.
     """
     score = score_fn if isinstance(score_fn, GuardedScore) and not cond else GuardedScore(score_fn, cond)
-    if grid is not None and method not in ADAPTIVE and method != "scipy_solver":
+    if grid is not None and not chooses_own_steps(method):
         options, ts = {}, grid.to(device=x.device, dtype=x.dtype)
     else:
         options = solver_options(method, steps, t0, t1)
@@ -96,7 +101,7 @@ def ode_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], 
     eps = check_eps(sde, eps)
     times = None
     if grid is not None:
-        if method in ADAPTIVE or method == "scipy_solver":
+        if chooses_own_steps(method):
             raise ValueError(f"grid applies to fixed-step ODE methods; method={method!r} chooses its own steps")
         times = get_grid(grid, sde, check_positive_int(steps, "steps") if isinstance(grid, str) else 1, eps)
         eps = float(times[-1])

@@ -67,6 +67,17 @@ def _positive(config, key: str, integer: bool = False, allow_zero: bool = False)
     _require(ok, key, value, f"must be {kind} {'>= 0' if allow_zero else '> 0'}")
 
 
+def set_keys(config, **overrides):
+    """Set dotted config keys ("training.n_iters": 5, ...) in place; returns the config."""
+    for key, value in overrides.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return config
+
+
 def _get(config, key: str):
     node = config
     for part in key.split("."):
@@ -143,16 +154,24 @@ def build_score_fn(config, sde: sde_lib.SDE, net: torch.nn.Module):
                                             s.guidance_scale, num_classes=classifier.num_classes)
 
 
+def label_sampler(config) -> Callable[..., dict]:
+    """labels(n, start=0): the conditioning of samples start .. start + n, {"y": labels [n]} when
+    sampling is class-conditional (class sampling.class_label, or every class in turn: sample i gets
+    class i mod K), else {}. The number of classes is looked up once, here."""
+    conditional = config.model.num_classes > 0 or config.sampling.guidance_scale > 0
+    K, k = (num_classes(config) if conditional else 0), config.sampling.class_label
+
+    def labels(n: int, start: int = 0) -> dict:
+        if K == 0:
+            return {}
+        return {"y": torch.full((n,), k) if k >= 0 else torch.arange(start, start + n) % K}
+
+    return labels
+
+
 def sample_labels(config, n: int, start: int = 0) -> dict:
-    """The conditioning of samples start .. start + n: {"y": labels [n]} when sampling is class-
-    conditional (class sampling.class_label, or every class in turn: sample i gets class i mod K),
-    else {}."""
-    K = num_classes(config)
-    if K == 0 or (config.model.num_classes == 0 and config.sampling.guidance_scale == 0):
-        return {}
-    k = config.sampling.class_label
-    i = torch.arange(start, start + n)
-    return {"y": torch.full((n,), k) if k >= 0 else i % K}
+    """`label_sampler(config)(n, start)`, for a single batch."""
+    return label_sampler(config)(n, start)
 
 
 def build_loss(config, sde: sde_lib.SDE) -> Callable:
@@ -165,19 +184,20 @@ def build_loss(config, sde: sde_lib.SDE) -> Callable:
 
 
 def build_sampler(config, sde: sde_lib.SDE) -> Callable[..., Tuple[Tensor, int]]:
-    """sample(score_fn, shape, seed) -> (x, nfe) with the configured sampler, on config.device
-    (the seed drives a generator on that device: the same seed gives other samples on another).
+    """sample(score_fn, shape, seed, start=0, **cond) -> (x, nfe) with the configured sampler, on
+    config.device (the seed drives a generator on that device: the same seed gives other samples on
+    another). `start`, the index of the batch's first sample, matters only to `build_task_sampler`.
 
     "pc" and "ode" read their own keys (predictor, corrector, N, ode_method, ...); every other
     registered sampler gets steps, grid (config.sampling.grid, "" for its default) and eps, plus each
     config.sampling key named like one of its keyword arguments (eta, order, s_churn, rtol, ...)."""
     s, device = config.sampling, get_device(config)
     if s.method == "ode":
-        def sample(score_fn, shape, seed, **cond):
+        def sample(score_fn, shape, seed, start: int = 0, **cond):
             return samplers.ode_sample(sde, score_fn, shape, rtol=s.rtol, atol=s.atol, eps=s.eps, method=s.ode_method,
                                        steps=s.ode_steps, denoise=s.denoise, seed=seed, device=device, **_on(cond, device))
     elif s.method == "pc":
-        def sample(score_fn, shape, seed, **cond):
+        def sample(score_fn, shape, seed, start: int = 0, **cond):
             return samplers.pc_sample(sde, score_fn, shape, predictor=s.predictor, corrector=s.corrector, snr=s.snr,
                                       n_steps=s.n_steps, N=s.N, eps=s.eps, denoise=s.denoise, seed=seed,
                                       device=device, corrector_options=corrector_options(config), **_on(cond, device))
@@ -185,7 +205,7 @@ def build_sampler(config, sde: sde_lib.SDE) -> Callable[..., Tuple[Tensor, int]]
         fn = samplers.get_sampler(s.method)
         extra = {k: s[k] for k in inspect.signature(fn).parameters if k in s and k not in _COMMON_SAMPLING}
 
-        def sample(score_fn, shape, seed, **cond):
+        def sample(score_fn, shape, seed, start: int = 0, **cond):
             return fn(sde, score_fn, shape, steps=s.steps, grid=s.grid or None, eps=s.eps, seed=seed, device=device,
                       **extra, **_on(cond, device))
     return sample
@@ -392,8 +412,8 @@ def _validate_task(config) -> None:
     _require(config.data.kind == "images", "sampling.task", s.task, "needs image data (config.data.kind = 'images')")
     _require(bool(s.observed) and os.path.isfile(s.observed), "sampling.observed", s.observed,
              f"must name an image file (.png, or .npz of uint8 'samples') for sampling.task = {s.task!r}")
-    _require(s.method not in ("adaptive", "ode") or (s.method == "ode" and s.ode_method not in ("dopri5", "dopri8",
-             "bosh3", "fehlberg2", "adaptive_heun", "scipy_solver")), "sampling.method", s.method,
+    own_steps = s.method == "adaptive" or (s.method == "ode" and samplers.ode.chooses_own_steps(s.ode_method))
+    _require(not own_steps, "sampling.method", s.method,
              "must step one grid interval at a time for inpainting: any sampler but 'adaptive' ('ode' with a "
              "fixed-step sampling.ode_method such as 'rk4')")
     if s.task == "colorize":

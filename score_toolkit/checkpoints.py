@@ -95,6 +95,18 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         raise
 
 
+def load_file(path, required, kind: str, hint: str, map_location="cpu") -> dict:
+    """A weights-only file of `kind` (e.g. "classifier") that holds every key in `required`: a clear
+    FileNotFoundError (with `hint`, how to make one) or ValueError otherwise."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{kind} file {path} does not exist; {hint}")
+    saved = load_checkpoint(str(path), map_location)
+    missing = set(required) - set(saved)
+    if missing:
+        raise ValueError(f"{path}: not a {kind} file, missing {sorted(missing)}")
+    return saved
+
+
 def load_latest(ckpt_dir: str, map_location="cpu") -> Optional[Tuple[int, dict]]:
     """(step, state) of the newest checkpoint that loads; a truncated or corrupt one is skipped with
     a warning and the one before it is tried. An unsafe one stops everything. None if there is none."""

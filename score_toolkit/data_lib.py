@@ -11,7 +11,9 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
+from PIL import Image
 
 from score_toolkit import image_data
 from score_toolkit.builders import ConfigError, MissingInputError
@@ -162,12 +164,9 @@ MASKS = ("left", "right", "top", "bottom", "center")
 def load_observed(path: str, shape: Tuple[int, int, int]) -> Tensor:
     """uint8 images [N, C, H, W] of the expected shape (C, H, W) from a .png or a .npz ("samples")."""
     if path.endswith(".npz"):
-        import numpy as np
         with np.load(path) as f:
             images = torch.from_numpy(f["samples"] if "samples" in f else f[f.files[0]])
     else:
-        from PIL import Image
-        import numpy as np
         mode = "L" if shape[0] == 1 else "RGB"
         images = torch.from_numpy(np.array(Image.open(path).convert(mode)))
         images = images[None] if images.ndim == 2 else images.permute(2, 0, 1)
@@ -191,9 +190,9 @@ def inpainting_mask(spec: str, shape: Tuple[int, int, int]) -> Tensor:
     if not os.path.isfile(spec):
         raise ValueError(f"config.sampling.mask = {spec!r} is not allowed: must be one of {list(MASKS)} "
                          f"(the part to fill in) or a mask file (.png or .npz, 1 = known)")
-    mask = load_observed(spec, (1, H, W))[0] if spec.endswith(".png") else None
-    if mask is None:
-        import numpy as np
+    if spec.endswith(".png"):
+        mask = load_observed(spec, (1, H, W))[0]
+    else:
         with np.load(spec) as f:
             mask = torch.from_numpy(f[f.files[0]])
     if mask.shape[-2:] != (H, W):

@@ -83,14 +83,6 @@ def all_reduce_max(value: int) -> int:
     return int(t.item())
 
 
-def all_reduce_mean(value: float) -> float:
-    if not active():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(t)
-    return float(t.item()) / world()
-
-
 def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 

@@ -173,6 +173,7 @@ def draw_samples(config, sde, model, data, folder: str, n: int) -> torch.Tensor:
     a batch already there from the same settings is read back, not drawn again."""
     score_fn = builders.build_score_fn(config, sde, model)
     sample = _task_sampler(config, sde, data) if config.sampling.task != "none" else builders.build_sampler(config, sde)
+    labels = builders.label_sampler(config)
     os.makedirs(folder, exist_ok=True)
     bs, parts = config.sampling.batch_size, []
     for b in tqdm(range(math.ceil(n / bs)), desc="samples", dynamic_ncols=True, disable=None):
@@ -181,9 +182,8 @@ def draw_samples(config, sde, model, data, folder: str, n: int) -> torch.Tensor:
         kept = _read_batch(path, settings)
         if kept is None:
             with torch.no_grad():
-                extra = {"start": b * bs} if config.sampling.task != "none" else {}
                 x, _ = sample(score_fn, data.sample_shape(size), seed=config.seed + 100_003 * (b + 1),
-                              **extra, **builders.sample_labels(config, size, start=b * bs))
+                              start=b * bs, **labels(size, start=b * bs))
             kept = data.to_data_space(x).numpy()
             tmp = path + ".tmp.npz"
             np.savez(tmp, samples=kept, settings=np.array(settings))

@@ -17,7 +17,6 @@ which keeps VE's x_t, whose std grows to sigma_max, at O(1).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from models.embeddings import sinusoidal_embedding
 from models.precond import noise_label
 from sde_lib import SDE, append_dims
+from score_toolkit import checkpoints
 from score_toolkit.checkpoints import atomic_save
 from score_toolkit.checks import check_one_of, check_positive, check_positive_int
 
@@ -266,14 +266,9 @@ def save_noisy_classifier(path, net: nn.Module, accuracy_by_t: Optional[Dict[flo
 
 def load_noisy_classifier(path, device="cpu") -> Tuple[nn.Module, Dict[float, float], dict]:
     """Read a save_noisy_classifier file: (net in eval mode on `device`, accuracy_by_t, info)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"noisy classifier file {path} does not exist; train one first "
-                                f"(train_noisy_classifier + save_noisy_classifier)")
-    saved = torch.load(path, map_location=device, weights_only=True)
-    missing = {"arch", "state_dict", "eval_times", "accuracy"} - set(saved)
-    if missing:
-        raise ValueError(f"{path}: not a noisy classifier file, missing {sorted(missing)}")
+    saved = checkpoints.load_file(path, ("arch", "state_dict", "eval_times", "accuracy"), "noisy classifier",
+                                  "train one first (--mode noisy_classifier, or train_noisy_classifier + "
+                                  "save_noisy_classifier)", device)
     arch = dict(saved["arch"])
     net = build_noisy_classifier(arch.pop("kind"), arch.pop("num_classes"), **arch)
     net.load_state_dict(saved["state_dict"])

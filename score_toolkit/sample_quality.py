@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from score_toolkit import image_data
+from score_toolkit import checkpoints, image_data
 
 # --------------------------------------------------------------------------- statistics
 
@@ -356,14 +356,8 @@ def save_classifier(path, net: SmallClassifier, name: str, test_accuracy: float)
 
 def load_classifier(path, device="cpu") -> ClassifierFeatures:
     """Read a save_classifier file (with torch.load(weights_only=True)) as an extractor."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"classifier file {path} does not exist; train one first "
-                                f"(sample_quality.train_classifier + save_classifier)")
-    saved = torch.load(path, map_location=device, weights_only=True)
-    missing = {"arch", "state_dict", "name", "test_accuracy"} - set(saved)
-    if missing:
-        raise ValueError(f"{path}: not a classifier file, missing {sorted(missing)}")
+    saved = checkpoints.load_file(path, ("arch", "state_dict", "name", "test_accuracy"), "classifier",
+                                  "train one first (sample_quality.train_classifier + save_classifier)", device)
     net = SmallClassifier(**saved["arch"])
     net.load_state_dict(saved["state_dict"])
     return ClassifierFeatures(net, saved["name"], saved["test_accuracy"], device)

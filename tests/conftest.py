@@ -51,14 +51,3 @@ def point_mass_score(sde, mu):
         alpha, sigma = sde.marginal_coeffs(t.double())
         return (-(x - append_dims(alpha, x.ndim) * mu) / append_dims(sigma ** 2, x.ndim)).to(x.dtype)
     return score
-
-
-def set_keys(config, **overrides):
-    """Set dotted config keys ("training.n_iters": 5, ...) in place; returns the config."""
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    return config

@@ -11,7 +11,7 @@ import torch
 from configs.gmm_vp_mlp_cond import get_config as get_cond_config
 from configs.swissroll_vp_mlp import get_config
 from score_toolkit import builders, toy_data
-from tests.conftest import set_keys
+from score_toolkit.builders import set_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

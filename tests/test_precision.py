@@ -12,7 +12,7 @@ from score_toolkit import builders
 from score_toolkit import checkpoints
 from score_toolkit import data_lib
 from score_toolkit import training
-from tests.conftest import set_keys
+from score_toolkit.builders import set_keys
 from tests.test_training import assert_same_state, small_config
 
 # Largest relative difference allowed between a bf16 / fp16 run's logged losses and fp32's over the

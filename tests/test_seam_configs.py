@@ -5,8 +5,9 @@ import torch
 
 from configs.fashionmnist_vp_ddpmpp import get_config as get_image_config
 from configs.swissroll_vp_mlp import get_config
+import sde_lib
 from score_toolkit import builders, data_lib
-from tests.conftest import set_keys
+from score_toolkit.builders import set_keys
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -34,8 +35,8 @@ def test_every_sde_argument_comes_from_the_config():
     config = set_keys(get_config(), **{"sde.schedule": "cosine", "sde.beta_max": 999.0, "sde.cosine_s": 0.02})
     sde = builders.build_sde(config)
     assert (sde.schedule, sde.cosine_s) == ("cosine", 0.02)
-    assert builders.sde_kwargs(set_keys(get_config(), **{"sde.name": "vesde"}), type(builders.build_sde(
-        set_keys(get_config(), **{"sde.name": "vesde"})))) == {"sigma_min": 0.01, "sigma_max": 50.0, "N": 1000}
+    ve_config = set_keys(get_config(), **{"sde.name": "vesde"})
+    assert builders.sde_kwargs(ve_config, sde_lib.VESDE) == {"sigma_min": 0.01, "sigma_max": 50.0, "N": 1000}
 
 
 def test_validate_builds_the_network_as_training_seeds_it():

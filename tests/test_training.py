@@ -15,7 +15,7 @@ from score_toolkit import checkpoints
 from score_toolkit import evaluation
 from score_toolkit import training
 from configs.swissroll_vp_mlp import get_config
-from tests.conftest import set_keys
+from score_toolkit.builders import set_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

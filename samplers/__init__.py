@@ -4,7 +4,8 @@
                                     seed=None, generator=None, device=None, dtype=torch.float32,
                                     callback=None, progress=False, **cond)
 
-`list_samplers()` names them; `list_grids()` names the time grids every sampler takes.
+`list_samplers()` names them; `list_grids()` names the time grids every sampler takes; `fit_grid`
+fits a grid to one model, sampler and step budget.
 """
 from samplers.base import get_sampler, list_samplers, register_sampler
 from samplers.correctors import Corrector, get_corrector, list_correctors, register_corrector
@@ -13,12 +14,13 @@ from samplers.grids import (check_grid, get_grid, karras, list_grids, quadratic,
 from samplers.ode import ode_methods, ode_sample, solve_flow
 from samplers.pc import pc_sample, tweedie_denoise
 from samplers.predictors import Predictor, get_predictor, list_predictors, register_predictor
-from samplers import adaptive, controllable, ddim, dpm_solver, edm, guidance, unipc
+from samplers import adaptive, controllable, ddim, dpm_solver, edm, fitted_grid, guidance, unipc
 from samplers.ddim import *  # noqa: F401,F403
 from samplers.dpm_solver import *  # noqa: F401,F403
 from samplers.edm import *  # noqa: F401,F403
 from samplers.adaptive import *  # noqa: F401,F403
 from samplers.unipc import *  # noqa: F401,F403
+from samplers.fitted_grid import *  # noqa: F401,F403
 from samplers.guidance import *  # noqa: F401,F403
 from samplers.controllable import *  # noqa: F401,F403
 
@@ -29,4 +31,4 @@ __all__ = [
     "quadratic", "uniform_grid",
     "Predictor", "Corrector", "register_predictor", "register_corrector",
     "get_predictor", "get_corrector", "list_predictors", "list_correctors",
-] + ddim.__all__ + dpm_solver.__all__ + edm.__all__ + adaptive.__all__ + unipc.__all__ + guidance.__all__ + controllable.__all__
+] + ddim.__all__ + dpm_solver.__all__ + edm.__all__ + adaptive.__all__ + unipc.__all__ + fitted_grid.__all__ + guidance.__all__ + controllable.__all__

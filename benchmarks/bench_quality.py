@@ -18,6 +18,9 @@ budget (found by running the sampler on two samples); samplers with a tolerance 
 NFE within it. Every sampler runs on its default grid, and the deterministic fixed-step ones (the
 ODE solvers) also on "karras" and "uniform_log_snr" (a grid whose samples equal the default's is
 listed once). A sampler is called stochastic when two seeds give different samples from one x_T.
+The multistep samplers of FIT_SAMPLERS also run on a grid fitted to the problem for each budget up
+to 20 calls (`samplers.fit_grid`: 1,000 pilot draws of another seed, its default evaluation budget);
+their rows give the fit's cost (seconds, network calls on the pilot batch) beside each point.
 
     python benchmarks/bench_quality.py [--quick] [--plot PATH] [--kdiffusion [PATH]]
 
@@ -53,6 +56,7 @@ TOLERANCES = {  # sweeps of the samplers that take a tolerance instead of steps:
 DEFAULT_SWEEP = [(t, t) for t in (1e-1, 1e-2, 1e-3)]
 VARIANTS = {"heun": [{"s_churn": 10.0}], "ddim": [{"eta": 1.0}]}  # stochastic variants worth a row
 EXTRA_GRIDS = ("karras", "uniform_log_snr")
+FIT_SAMPLERS, FIT_MAX_BUDGET, FIT_PILOT_SEED = ("unipc", "dpmpp_2m"), 20, 1000
 GOALS_2D_VE = [(10, 0.033), (20, 0.014)]  # (NFE, error) the project aims for on the 2-D VE mixture
 
 
@@ -186,6 +190,35 @@ def run_stepped(p: Problem, name: str, kw: dict, budgets, cache: dict) -> list:
     return rows
 
 
+def run_fitted(p: Problem, name: str, budgets, n_pilot: int) -> list:
+    """Rows for `name` on grids fitted by samplers.fit_grid on n_pilot other draws, one per budget."""
+    fn, pts = samplers.get_sampler(name), []
+    plan = steps_for_budgets(p, fn, {}, [b for b in budgets if b <= FIT_MAX_BUDGET])
+    for b, (steps, _) in plan.items():
+        t0 = time.perf_counter()
+        grid, info = samplers.fit_grid(p.sde, p.score, (n_pilot, p.gm.dim), steps=steps, sampler=name,
+                                       seed=FIT_PILOT_SEED, dtype=torch.float64)
+        fit = {"fit_s": round(time.perf_counter() - t0, 1), "fit_network_calls": info["network_calls"],
+               "pilot_error_initial": round(info["pilot_error_initial"], 6),
+               "pilot_error": round(info["pilot_error"], 6), "sigmas": [round(float(v), 4) for v in
+                                                                       p.sde.marginal_coeffs(grid)[1]]}
+        pts.append({**point(p, fn, {"steps": steps, "grid": grid}, b), **fit})
+        pts[-1].pop("grid")
+    return [{"sampler": name, "grid": f"fitted ({n_pilot} pilot draws)", "kwargs": {}, "stochastic": False,
+             "points": pts}]
+
+
+def goals(rows: list) -> list:
+    """The best deterministic error within each GOALS_2D_VE budget, and whether it meets the goal."""
+    out = []
+    for nfe, goal in GOALS_2D_VE:
+        pts = [(q["error"], f"{r['sampler']} [{r['grid']}]") for r in rows if not r["stochastic"]
+               for q in r["points"] if "error" in q and q["nfe"] <= nfe]
+        best = min(pts) if pts else (None, None)
+        out.append({"nfe": nfe, "goal": goal, "best": best[0], "by": best[1], "met": best[0] is not None and best[0] <= goal})
+    return out
+
+
 def run_tolerance(p: Problem, name: str, budgets) -> list:
     """A tolerance sweep; each budget takes the sweep point with the most NFE within it."""
     fn = samplers.get_sampler(name)
@@ -311,6 +344,7 @@ def main():
     p.add_argument("--kdiffusion", nargs="?", const="", default=None, metavar="SAMPLING_PY",
                    help="also run k-diffusion's samplers on 2d/ve (path of its sampling.py, or an installed one)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the exact score's small ops run best on 1)")
+    p.add_argument("--no-fit", action="store_true", help="skip the fitted-grid rows (the slowest part)")
     args = p.parse_args()
     args.n = args.n or (500 if args.quick else 2000)
     args.budgets = args.budgets or ([5, 10, 20] if args.quick else [3, 5, 10, 20, 50])
@@ -326,13 +360,21 @@ def main():
             params = inspect.signature(samplers.get_sampler(s)).parameters
             for kw in [{}] + [v for v in VARIANTS.get(s, []) if set(v) <= set(params)]:
                 rows += run_stepped(prob, s, kw, args.budgets, cache)
+        if not args.no_fit:
+            for s in FIT_SAMPLERS:
+                rows += run_fitted(prob, s, args.budgets, 500 if args.quick else 1000)
         if args.kdiffusion is not None and name == "2d/ve":
             rows += kdiffusion_rows(prob, args.kdiffusion, args.budgets)
         results[name] = {"data": f"{prob.gm.dim}-D mixture of {len(prob.gm.weights)}", "sde": type(prob.sde).__name__,
                          "eps": prob.eps, "spread": prob.spread, "reference_nfe": prob.ref_nfe,
                          "reference_s": round(prob.ref_s, 2), "sw1_floor": round(prob.sw1_floor, 5), "rows": rows}
+        if name == "2d/ve":
+            results[name]["goals"] = goals(rows)
         print(f"{name} done", file=sys.stderr)
     print(table(results, args.budgets), file=sys.stderr)
+    for g in results.get("2d/ve", {}).get("goals", []):
+        print(f"2d/ve goal <= {g['goal']} at <= {g['nfe']} NFE: best {g['best']} by {g['by']}: "
+              f"{'met' if g['met'] else 'MISSED'}", file=sys.stderr)
     if args.plot:
         plot(results, args.plot)
     config = {**vars(args), "samplers": samplers.list_samplers(), "reference": "dopri5 rtol=atol=1e-10",

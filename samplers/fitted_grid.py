@@ -39,6 +39,9 @@ from score_toolkit.checks import check_positive_int
 
 Tensor = torch.Tensor
 __all__ = ["fit_grid"]
+# E of a grid the sampler cannot run: worse than any it can, and finite (Powell's line searches
+# take differences of E values, which inf would turn into nan).
+_FAILED = 1e6
 
 
 def fit_grid(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
@@ -86,10 +89,10 @@ def fit_grid(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
             x, nfe = run(sde, score_fn, x_T.shape, steps=steps, grid=check_grid(grid_of(w), sde), x_T=x_T,
                        device=device, dtype=dtype, **kwargs, **cond)
         except (ValueError, FloatingPointError):  # times too close to tell apart, or a blown-up step
-            return math.inf
+            return _FAILED
         calls[0] += nfe
         e = float((x - ref).pow(2).flatten(1).sum(1).mean().sqrt()) / scale
-        return e if math.isfinite(e) else math.inf
+        return e if math.isfinite(e) else _FAILED
 
     lam = sde.log_snr(start)
     w0 = torch.diff((lam - lam_T) / (lam_eps - lam_T)).log().numpy()

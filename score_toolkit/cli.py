@@ -360,15 +360,15 @@ def main(command: Command, argv: List[str]) -> int:
     else:  # torchrun's other ranks: warnings and errors only, on stderr
         logging.getLogger().setLevel(logging.WARNING)
     logging.info("%s", " ".join(shlex.quote(a) for a in argv))
-    if mode == "train":
-        with distributed.session(builders.get_device(config)):
+    with distributed.session(builders.get_device(config)):  # torchrun's ranks share the work; rank 0 writes
+        if mode == "train":
             training.train(config, workdir, net=net)
-    elif mode == "eval":
-        evaluation.evaluate(config, workdir, FLAGS.eval_folder, net=net)
-    elif mode == "sample":
-        evaluation.sample(config, workdir, FLAGS.eval_folder, net=net)
-    else:
-        evaluation.export(config, workdir, net=net)
+        elif mode == "eval":
+            evaluation.evaluate(config, workdir, FLAGS.eval_folder, net=net)
+        elif mode == "sample":
+            evaluation.sample(config, workdir, FLAGS.eval_folder, net=net)
+        elif distributed.is_main():  # export: one file; the other ranks wait at the session's barrier
+            evaluation.export(config, workdir, net=net)
     return 0
 
 

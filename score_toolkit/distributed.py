@@ -6,11 +6,17 @@ outputs are all-gathered, so every rank computes the same global loss, and each 
 (1/B) * sum over its own rows; DistributedDataParallel sums these over ranks (`_sum_hook`), giving
 the gradient of the mean over all B rows that one process computes. Without torchrun's environment
 (WORLD_SIZE unset or 1) nothing here starts a process group and every query answers as rank 0 of 1.
+
+Evaluation and sampling split their batches instead: batch b goes to rank b % world (`my_batches`),
+each rank logs its own work (`rank_path`), and the results travel through the process group
+(`gather_dict`), never through another rank's files, so ranks on nodes without a shared filesystem
+agree.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 import torch
 import torch.distributed as dist
@@ -81,6 +87,41 @@ def all_reduce_max(value: int) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=_comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
+
+
+def my_batches(n: int) -> range:
+    """The batch indices in [0, n) this rank handles: every b with b % world == rank; all n without
+    a process group. The ranks' sets are disjoint and together cover [0, n)."""
+    return range(rank(), n, world()) if active() else range(n)
+
+
+def gather_dict(mine: dict) -> dict:
+    """Every rank's `mine` merged into one dict, on every rank (all_gather_object: no shared
+    filesystem needed; the keys must be disjoint across ranks). Without a process group: `mine`."""
+    if not active():
+        return mine
+    parts = [None] * world()
+    dist.all_gather_object(parts, mine)
+    return {k: v for part in parts for k, v in part.items()}
+
+
+def rank_path(path: str) -> str:
+    """The file this rank writes for `path`: `path` itself in a run of one process, <stem>.rank<r><ext>
+    on rank r of several, so that ranks sharing a folder never append to one file."""
+    if not active() or world() == 1:
+        return path
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.rank{rank()}{ext}"
+
+
+def rank_files(path: str) -> list:
+    """Every existing file that `rank_path(path)` named in runs of any number of ranks, sorted:
+    `path` and each <stem>.rank<r><ext> beside it."""
+    folder, name = os.path.split(path)
+    stem, ext = os.path.splitext(name)
+    pattern = re.compile(re.escape(stem) + r"(\.rank\d+)?" + re.escape(ext))
+    names = os.listdir(folder or ".") if os.path.isdir(folder or ".") else []
+    return sorted(os.path.join(folder, f) for f in names if pattern.fullmatch(f))
 
 
 def _comm_device() -> torch.device:

@@ -4,9 +4,14 @@ and their quality. Per-batch results are kept on disk, so a killed evaluation re
 Samples are saved once, in data space (uint8 images in [0, 255], float32 points), one file per
 batch: <workdir>/<eval_folder>/samples_<method>_ckpt<step>/batch_<b>.npz (key "samples"; read them
 all with `load_samples`), beside a picture of them, samples_<method>_ckpt<step>.png.
+
+Under torchrun the NLL batches and the sample batches are split over the ranks (batch b on rank
+b % world), each rank keeps its own files, and the results are gathered through torch.distributed;
+rank 0 alone computes the held-out loss and the sample quality and writes results.json and pictures.
 """
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import logging
@@ -22,6 +27,7 @@ from tqdm.auto import tqdm
 from score_toolkit import builders
 from score_toolkit import checkpoints
 from score_toolkit import data_lib
+from score_toolkit import distributed
 from score_toolkit import image_data
 from models import checkpoint_convert
 
@@ -96,20 +102,25 @@ def export(config, workdir: str, net=None) -> str:
 
 
 class BatchLog:
-    """A JSON-lines file of finished batches, valid for one checkpoint step and one set of settings
-    (a string, e.g. the estimator's keys): resumable work."""
+    """JSON-lines files of finished batches, valid for one checkpoint step and one set of settings
+    (a string, e.g. the estimator's keys): resumable work. This process appends to
+    `distributed.rank_path(path)`; `done` holds the batches of every rank's file of `path`
+    (`distributed.rank_files`), so a run resumes on any number of ranks."""
 
     def __init__(self, path: str, ckpt_step: int, settings: str = ""):
-        self.path, self.ckpt_step, self.settings, self.done = path, ckpt_step, settings, {}
-        if os.path.exists(path):
-            with open(path) as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:  # a line cut short by a kill
-                        continue
-                    if rec.get("ckpt_step") == ckpt_step and rec.get("settings", "") == settings:
-                        self.done[rec["batch"]] = rec
+        self.path, self.ckpt_step, self.settings, self.done = distributed.rank_path(path), ckpt_step, settings, {}
+        for p in distributed.rank_files(path):
+            self._read(p)
+
+    def _read(self, path: str) -> None:
+        with open(path) as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    continue
+                if rec.get("ckpt_step") == self.ckpt_step and rec.get("settings", "") == self.settings:
+                    self.done[rec["batch"]] = rec
 
     def add(self, rec: dict) -> None:
         rec = dict(rec, ckpt_step=self.ckpt_step, settings=self.settings)
@@ -125,7 +136,7 @@ def heldout_loss(config, sde, model, data) -> float:
     loss_fn = builders.build_loss(config, sde)
     wrapped = builders.build_precond(config, sde, model)
     g = torch.Generator().manual_seed(config.seed + 2)
-    bs, device = config.eval.batch_size, builders.get_device(config)
+    bs, device = config.eval.batch_size, local_device(config)
     labels = data.test_labels
     total = 0.0
     with torch.no_grad():
@@ -137,23 +148,29 @@ def heldout_loss(config, sde, model, data) -> float:
 
 
 def heldout_nll(config, sde, model, data, out_dir: str, ckpt_step: int) -> Dict[str, float]:
-    """Mean NLL of the first eval.n_nll test items, in nats and bits/dim; the true NLL where known."""
-    e, device = config.eval, builders.get_device(config)
+    """Mean NLL of the first eval.n_nll test items, in nats and bits/dim; the true NLL where known.
+
+    Batch b (seeded by config.seed + b) is computed by rank b % world and logged to that rank's
+    <out_dir>/nll_batches[.rank<r>].jsonl; the records are gathered, so every rank returns the
+    figures of one process, whatever number of ranks computed or resumed the batches."""
+    e, device = config.eval, local_device(config)
     score_fn = builders.build_precond(config, sde, model)
     n_total = min(e.n_nll, len(data.test))
     keys = ("batch_size", "n_nll", "divergence", "n_probes", "nll_rtol", "nll_atol", "nll_eps")
     settings = json.dumps({"seed": config.seed, **{k: e[k] for k in keys}}, sort_keys=True)
     log = BatchLog(os.path.join(out_dir, "nll_batches.jsonl"), ckpt_step, settings)
-    starts = list(range(0, n_total, e.batch_size))
-    for b, i in enumerate(tqdm(starts, desc="nll", dynamic_ncols=True, disable=None)):
+    starts = range(0, n_total, e.batch_size)
+    mine = distributed.my_batches(len(starts))
+    for b in _progress(mine, "nll"):
         if b in log.done:
             continue
-        stop = min(i + e.batch_size, n_total)
+        i, stop = starts[b], min(starts[b] + e.batch_size, n_total)
         nats, bpd, nfe = data.nll(sde, score_fn, i, stop, e, seed=config.seed + b, device=device)
         true = data.true_nll_nats(data.test[i:stop])
         log.add({"batch": b, "n": stop - i, "nll_sum": float(nats.sum()), "bpd_sum": float(bpd.sum()), "nfe": nfe,
                  "true_nll_sum": None if true is None else float(true.sum())})
-    recs = [log.done[b] for b in range(len(starts))]
+    done = distributed.gather_dict({b: log.done[b] for b in mine})
+    recs = [done[b] for b in range(len(starts))]
     n = sum(r["n"] for r in recs)
     out = {"nll_nats": sum(r["nll_sum"] for r in recs) / n, "nll_bits_per_dim": sum(r["bpd_sum"] for r in recs) / n,
            "nfe_mean": sum(r["nfe"] for r in recs) / len(recs)}
@@ -170,13 +187,19 @@ def samples_folder(config, out_dir: str, ckpt_step: int) -> str:
 def draw_samples(config, sde, model, data, folder: str, n: int) -> torch.Tensor:
     """n samples in data space (`data.to_data_space`), drawn in batches of sampling.batch_size. Each
     batch is saved to <folder>/batch_<b>.npz as soon as it is drawn, with the settings that drew it;
-    a batch already there from the same settings is read back, not drawn again."""
-    score_fn = builders.build_score_fn(config, sde, model)
-    sample = _task_sampler(config, sde, data) if config.sampling.task != "none" else builders.build_sampler(config, sde)
+    a batch already there from the same settings is read back, not drawn again.
+
+    Batch b depends on b alone (seed config.seed + 100_003 (b + 1), first sample b * batch_size):
+    under torchrun rank b % world draws it into its own folder, and the batches are gathered to
+    every rank through torch.distributed, so every rank returns what one process draws."""
+    local = _on_local_device(config)
+    score_fn = builders.build_score_fn(local, sde, model)
+    sample = _task_sampler(local, sde, data) if config.sampling.task != "none" else builders.build_sampler(local, sde)
     labels = builders.label_sampler(config)
     os.makedirs(folder, exist_ok=True)
-    bs, parts = config.sampling.batch_size, []
-    for b in tqdm(range(math.ceil(n / bs)), desc="samples", dynamic_ncols=True, disable=None):
+    bs = config.sampling.batch_size
+
+    def batch(b: int) -> np.ndarray:
         path, size = os.path.join(folder, f"batch_{b}.npz"), min(bs, n - b * bs)
         settings = _sample_settings(config, size)
         kept = _read_batch(path, settings)
@@ -188,8 +211,32 @@ def draw_samples(config, sde, model, data, folder: str, n: int) -> torch.Tensor:
             tmp = path + ".tmp.npz"
             np.savez(tmp, samples=kept, settings=np.array(settings))
             os.replace(tmp, path)
-        parts.append(torch.from_numpy(kept))
-    return torch.cat(parts)[:n]
+        return kept
+
+    mine = distributed.my_batches(math.ceil(n / bs))
+    parts = distributed.gather_dict({b: batch(b) for b in _progress(mine, "samples")})
+    return torch.cat([torch.from_numpy(parts[b]) for b in sorted(parts)])[:n]
+
+
+def _progress(batches: range, desc: str):
+    """A bar over this rank's batches, shown by rank 0 alone and only when stderr is a terminal."""
+    return tqdm(batches, desc=desc, dynamic_ncols=True, disable=None if distributed.is_main() else True)
+
+
+def local_device(config) -> torch.device:
+    """Where this process computes: config.device, or cuda:LOCAL_RANK for CUDA under torchrun."""
+    return distributed.local_device(builders.get_device(config))
+
+
+def _on_local_device(config):
+    """config itself, or a copy whose device is `local_device(config)` where that differs (CUDA under
+    torchrun), for the samplers that place their tensors on config.device."""
+    device = local_device(config)
+    if device == builders.get_device(config):
+        return config
+    local = copy.deepcopy(config)
+    local.device = str(device)
+    return local
 
 
 def _task_sampler(config, sde, data):
@@ -236,26 +283,33 @@ def _prepare(config, workdir: str, eval_folder: str, mode: str, net=None):
     net = check_inputs(config, workdir, mode) if net is None else net
     sde, data = builders.build_sde(config), data_lib.load(config)
     model, ckpt_step = load_ema_model(config, workdir, net)
-    checkpoints.start_run(workdir, config)
+    if distributed.is_main():
+        checkpoints.start_run(workdir, config)
     out_dir = os.path.join(workdir, eval_folder)
     os.makedirs(out_dir, exist_ok=True)
-    return sde, data, model.to(builders.get_device(config)), ckpt_step, out_dir
+    return sde, data, model.to(local_device(config)), ckpt_step, out_dir
 
 
 def evaluate(config, workdir: str, eval_folder: str = "eval", net=None) -> Dict[str, float]:
     """Everything config.eval enables; results in <workdir>/<eval_folder>/results.json. `net`: what
-    `check_inputs(config, workdir, "eval")` returned (its checks are then not repeated)."""
+    `check_inputs(config, workdir, "eval")` returned (its checks are then not repeated). Under
+    torchrun all ranks share the NLL and sampling work; rank 0 alone computes the rest, writes and
+    returns the results, the other ranks return {}."""
     sde, data, model, ckpt_step, out_dir = _prepare(config, workdir, eval_folder, "eval", net)
+    main = distributed.is_main()
     results: Dict[str, float] = {"checkpoint_step": ckpt_step}
-    if config.eval.enable_loss:
+    if config.eval.enable_loss and main:
         results["heldout_loss"] = heldout_loss(config, sde, model, data)
     if config.eval.enable_nll:
         results.update(heldout_nll(config, sde, model, data, out_dir, ckpt_step))
     if config.eval.enable_samples:
         folder = samples_folder(config, out_dir, ckpt_step)
         x = draw_samples(config, sde, model, data, folder, config.eval.n_samples)
-        results.update(data.quality(x))
-        data.plot(x, folder + ".png", f"{len(x)} EMA samples, step {ckpt_step}")
+        if main:
+            results.update(data.quality(x))
+            data.plot(x, folder + ".png", f"{len(x)} EMA samples, step {ckpt_step}")
+    if not main:
+        return {}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(format_table(results))
@@ -265,10 +319,18 @@ def evaluate(config, workdir: str, eval_folder: str = "eval", net=None) -> Dict[
 def sample(config, workdir: str, eval_folder: str = "eval", net=None) -> str:
     """config.sampling.n_samples samples with the configured sampler, saved once: the batch files
     of `draw_samples` and a .png of them. Returns the folder of batch files (`load_samples` reads
-    it). `net`: what `check_inputs(config, workdir, "sample")` returned."""
+    it). `net`: what `check_inputs(config, workdir, "sample")` returned. Under torchrun the ranks
+    share the batches and rank 0 alone draws the picture."""
     sde, data, model, ckpt_step, out_dir = _prepare(config, workdir, eval_folder, "sample", net)
     folder = samples_folder(config, out_dir, ckpt_step)
     x = draw_samples(config, sde, model, data, folder, config.sampling.n_samples)
+    if distributed.is_main():
+        _plot_samples(config, data, x, folder, ckpt_step)
+    return folder
+
+
+def _plot_samples(config, data, x: torch.Tensor, folder: str, ckpt_step: int) -> None:
+    """<folder>.png: the samples, one row per class when every class was sampled in turn."""
     labels = builders.sample_labels(config, len(x)).get("y")
     title = f"{len(x)} samples, step {ckpt_step}" + _guidance_note(config)
     if labels is not None and data.kind == "images" and config.sampling.class_label < 0:
@@ -276,7 +338,6 @@ def sample(config, workdir: str, eval_folder: str = "eval", net=None) -> str:
     else:
         data.plot(x, folder + ".png", title)
     logging.info("wrote %d samples to %s/ and %s.png", len(x), folder, folder)
-    return folder
 
 
 def _guidance_note(config) -> str:

@@ -80,7 +80,10 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"        # pc | ode | any name in samplers.list_samplers()
     sampling.steps = 20           # steps of the few-step samplers (ddim, dpm_solver, dpmpp_*, heun)
-    sampling.grid = ""            # time grid of those samplers: "" (the sampler's own default) or samplers.list_grids()
+    sampling.grid = ""            # time grid of those samplers: "" (the sampler's own default), samplers.list_grids(),
+                                  # or "fitted": fitted to the checkpoint once (samplers.fit_grid), kept in the samples folder
+    sampling.fit_pilot = 1024     # "fitted": pilot draws the grid is fitted on
+    sampling.fit_evals = 0        # "fitted": sampler runs on the pilot at most; 0 = 100 * sampling.steps
     sampling.eta = 0.0            # ddim: 0 deterministic, 1 ancestral
     sampling.order = 3            # dpm_solver: 1, 2 or 3
     sampling.s_churn = 0.0        # heun: EDM's stochasticity

@@ -183,14 +183,15 @@ def build_loss(config, sde: sde_lib.SDE) -> Callable:
         raise ConfigError(f"config.training: {e}") from e
 
 
-def build_sampler(config, sde: sde_lib.SDE) -> Callable[..., Tuple[Tensor, int]]:
+def build_sampler(config, sde: sde_lib.SDE, grid: Optional[Tensor] = None) -> Callable[..., Tuple[Tensor, int]]:
     """sample(score_fn, shape, seed, start=0, **cond) -> (x, nfe) with the configured sampler, on
     config.device (the seed drives a generator on that device: the same seed gives other samples on
     another). `start`, the index of the batch's first sample, matters only to `build_task_sampler`.
 
     "pc" and "ode" read their own keys (predictor, corrector, N, ode_method, ...); every other
-    registered sampler gets steps, grid (config.sampling.grid, "" for its default) and eps, plus each
-    config.sampling key named like one of its keyword arguments (eta, order, s_churn, rtol, ...)."""
+    registered sampler gets steps, grid (explicit times `grid`, else config.sampling.grid, "" for its
+    default) and eps, plus each config.sampling key named like one of its keyword arguments (eta,
+    order, s_churn, rtol, ...)."""
     s, device = config.sampling, get_device(config)
     if s.method == "ode":
         def sample(score_fn, shape, seed, start: int = 0, **cond):
@@ -202,13 +203,21 @@ def build_sampler(config, sde: sde_lib.SDE) -> Callable[..., Tuple[Tensor, int]]
                                       n_steps=s.n_steps, N=s.N, eps=s.eps, denoise=s.denoise, seed=seed,
                                       device=device, corrector_options=corrector_options(config), **_on(cond, device))
     else:
-        fn = samplers.get_sampler(s.method)
-        extra = {k: s[k] for k in inspect.signature(fn).parameters if k in s and k not in _COMMON_SAMPLING}
+        fn, extra = samplers.get_sampler(s.method), sampler_options(config)
+        times = (s.grid or None) if grid is None else grid
 
         def sample(score_fn, shape, seed, start: int = 0, **cond):
-            return fn(sde, score_fn, shape, steps=s.steps, grid=s.grid or None, eps=s.eps, seed=seed, device=device,
+            return fn(sde, score_fn, shape, steps=s.steps, grid=times, eps=s.eps, seed=seed, device=device,
                       **extra, **_on(cond, device))
     return sample
+
+
+def sampler_options(config) -> Dict[str, Any]:
+    """The config.sampling keys named like keyword arguments of sampling.method's function (eta,
+    order, s_churn, rtol, ...), besides the ones every sampler takes."""
+    s = config.sampling
+    params = inspect.signature(samplers.get_sampler(s.method)).parameters
+    return {k: s[k] for k in params if k in s and k not in _COMMON_SAMPLING}
 
 
 def build_task_sampler(config, sde: sde_lib.SDE, observed: Tensor, mask: Optional[Tensor]):
@@ -396,10 +405,29 @@ def _validate_sampling(config) -> None:
     _one_of(config, "sampling.corrector", samplers.list_correctors())
     _one_of(config, "sampling.ode_method", samplers.ode_methods())
     grid = config.sampling.grid
-    _require(grid == "" or grid in samplers.list_grids(), "sampling.grid", grid,
-             f"must be '' (the sampler's default) or one of {samplers.list_grids()}")
+    _require(grid in ("", "fitted") or grid in samplers.list_grids(), "sampling.grid", grid,
+             f"must be '' (the sampler's default), 'fitted' or one of {samplers.list_grids()}")
+    if grid == "fitted":
+        _validate_fitted_grid(config)
     _validate_guidance(config)
     _validate_task(config)
+
+
+def _validate_fitted_grid(config) -> None:
+    """sampling.grid = "fitted": a fixed-step sampler of its own grid (not pc / ode, which read
+    N / ode_steps), no inpainting task, and a pilot of at least 2 draws."""
+    s = config.sampling
+    _require(s.method not in ("pc", "ode"), "sampling.grid", s.grid,
+             f"needs a sampler that takes sampling.steps and sampling.grid; sampling.method = {s.method!r} reads "
+             f"{'sampling.N' if s.method == 'pc' else 'sampling.ode_steps'} instead (try unipc or dpmpp_2m)")
+    try:
+        samplers.fitted_grid.check_fittable(s.method, sampler_options(config), build_sde(config))
+    except ValueError as e:
+        raise ConfigError(f"sampling.grid = 'fitted' with sampling.method = {s.method!r}: {e}") from e
+    _require(s.task == "none", "sampling.grid", s.grid, f"needs sampling.task = 'none', not {s.task!r}")
+    _require(isinstance(s.fit_pilot, int) and s.fit_pilot >= 2, "sampling.fit_pilot", s.fit_pilot,
+             "must be an integer >= 2 (pilot draws)")
+    _positive(config, "sampling.fit_evals", integer=True, allow_zero=True)
 
 
 def _validate_task(config) -> None:

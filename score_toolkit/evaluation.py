@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import re
+import time
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -29,6 +30,7 @@ from score_toolkit import checkpoints
 from score_toolkit import data_lib
 from score_toolkit import distributed
 from score_toolkit import image_data
+import samplers
 from models import checkpoint_convert
 
 # Notes printed beside a metric's name in the results table.
@@ -194,8 +196,10 @@ def draw_samples(config, sde, model, data, folder: str, n: int) -> torch.Tensor:
     every rank through torch.distributed, so every rank returns what one process draws."""
     local = _on_local_device(config)
     score_fn = builders.build_score_fn(local, sde, model)
-    sample = _task_sampler(local, sde, data) if config.sampling.task != "none" else builders.build_sampler(local, sde)
     labels = builders.label_sampler(config)
+    grid = fitted_grid(config, sde, score_fn, data, labels, folder) if config.sampling.grid == "fitted" else None
+    sample = (_task_sampler(local, sde, data) if config.sampling.task != "none"
+              else builders.build_sampler(local, sde, grid))
     os.makedirs(folder, exist_ok=True)
     bs = config.sampling.batch_size
 
@@ -216,6 +220,52 @@ def draw_samples(config, sde, model, data, folder: str, n: int) -> torch.Tensor:
     mine = distributed.my_batches(math.ceil(n / bs))
     parts = distributed.gather_dict({b: batch(b) for b in _progress(mine, "samples")})
     return torch.cat([torch.from_numpy(parts[b]) for b in sorted(parts)])[:n]
+
+
+def fitted_grid(config, sde, score_fn, data, labels, folder: str) -> torch.Tensor:
+    """sampling.grid = "fitted": the times `samplers.fit_grid` fits for this checkpoint (the folder
+    names it), sampler and step count, on sampling.fit_pilot draws (seed config.seed + 7, labels as
+    for the first samples) in one batch. Rank 0 fits once and keeps the times with their settings in
+    <folder>/fitted_grid.json, read back while the settings match; every rank gets rank 0's times."""
+    s, path, times = config.sampling, os.path.join(folder, "fitted_grid.json"), None
+    settings = _sample_settings(config, s.fit_pilot)
+    if distributed.is_main():
+        os.makedirs(folder, exist_ok=True)
+        times = _read_grid(path, settings)
+        if times is None:
+            times = _fit_grid(config, sde, score_fn, data, labels, path, settings)
+    return torch.tensor(distributed.gather_dict({"times": times} if distributed.is_main() else {})["times"],
+                        dtype=torch.float64)
+
+
+def _fit_grid(config, sde, score_fn, data, labels, path: str, settings: str) -> List[float]:
+    """Fit the grid (`fitted_grid`), write it atomically to `path` with `settings`; its times."""
+    s, device, t0 = config.sampling, local_device(config), time.perf_counter()
+    cond = {k: v.to(device) for k, v in labels(s.fit_pilot, start=0).items()}
+    try:
+        grid, info = samplers.fit_grid(sde, score_fn, data.sample_shape(s.fit_pilot), steps=s.steps, sampler=s.method,
+                                       sampler_kwargs=builders.sampler_options(config), eps=s.eps,
+                                       max_evals=s.fit_evals or None, seed=config.seed + 7, device=device, **cond)
+    except ValueError as e:  # e.g. a stochastic choice of sampler options
+        raise builders.ConfigError(f"sampling.grid = 'fitted': {e}") from e
+    times = grid.tolist()
+    checkpoints.atomic_write_text(path, json.dumps({"settings": settings, "times": times, "info": info}, indent=1))
+    logging.info("fitted a %d-step grid for %s on %d pilot draws in %.0f s (%d network calls): error against "
+                 "the converged flow %.4g -> %.4g; kept in %s", s.steps, s.method, s.fit_pilot,
+                 time.perf_counter() - t0, info["network_calls"], info["pilot_error_initial"], info["pilot_error"], path)
+    return times
+
+
+def _read_grid(path: str, settings: str) -> Optional[List[float]]:
+    """The times of a fitted_grid.json written with `settings`, else None."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        kept = json.load(f)
+    if kept.get("settings") == settings:
+        return kept["times"]
+    logging.info("%s was fitted with other sampling settings; fitting it again", path)
+    return None
 
 
 def _progress(batches: range, desc: str):

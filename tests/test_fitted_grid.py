@@ -1,6 +1,12 @@
 """samplers.fit_grid against the exact flow of a 2-D Gaussian mixture: a grid fitted on pilot draws
 must cut the sampler's endpoint error on other draws, be a valid grid, be reproducible, and refuse
 samplers it cannot fit before any long work."""
+import json
+import os
+import re
+import subprocess
+
+import numpy as np
 import pytest
 import torch
 
@@ -95,3 +101,34 @@ def test_bad_input_is_refused_before_any_network_call(kwargs, match):
     with pytest.raises(ValueError, match=match):
         samplers.fit_grid(sde, score, args.pop("shape"), **args)
     assert score.calls == 0
+
+
+def test_the_command_line_fits_once_per_checkpoint_and_reuses_the_grid(tmp_path):
+    """--config.sampling.grid=fitted: the grid is fitted on the first run, kept beside the samples, and
+    read back by later runs, which then draw the same samples; a sampler it cannot fit is refused."""
+    from _launch import ROOT, run_main, torchrun
+    workdir = str(tmp_path / "ve")
+    common = ["--config", "configs/swissroll_ve_mlp.py", "--workdir", workdir, "--config.num_threads=1",
+              "--config.training.n_iters=10", "--config.training.checkpoint_freq=10", "--config.data.n_train=200",
+              "--config.training.snapshot_freq=10", "--config.model.hidden=16", "--config.sampling.n_samples=20",
+              "--config.sampling.batch_size=20"]
+    fitted = ["--config.sampling.method=unipc", "--config.sampling.steps=5", "--config.sampling.grid=fitted",
+              "--config.sampling.fit_pilot=200", "--config.sampling.fit_evals=30"]
+    run_main(["--mode", "train", *common])
+    run_main(["--mode", "sample", *common, *fitted])  # asserts success
+    folder = os.path.join(workdir, "eval", "samples_unipc_ckpt10")
+    kept = json.load(open(os.path.join(folder, "fitted_grid.json")))
+    times = torch.tensor(kept["times"], dtype=torch.float64)
+    assert len(times) == 6 and times[0] == 1.0 and bool(torch.all(times[1:] < times[:-1]))
+    assert kept["info"]["pilot_error"] <= kept["info"]["pilot_error_initial"]
+    samples = np.load(os.path.join(folder, "batch_0.npz"))["samples"]
+    os.remove(os.path.join(folder, "batch_0.npz"))
+    run_main(["--mode", "sample", *common, *fitted])
+    log = open(os.path.join(workdir, "log.txt")).read()
+    assert log.count("fitted a 5-step grid for unipc on 200 pilot draws") == 1
+    np.testing.assert_array_equal(np.load(os.path.join(folder, "batch_0.npz"))["samples"], samples)
+    for bad, says in [(["--config.sampling.method=pc"], "sampling.method = 'pc' reads sampling.N instead"),
+                      (["--config.sampling.method=ddim", "--config.sampling.eta=1.0"], "'ddim' .* is stochastic")]:
+        r = subprocess.run([*torchrun(1), "--mode", "sample", *common, "--config.sampling.grid=fitted", *bad],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert r.returncode == 2 and re.search(says, r.stderr) and "Traceback" not in r.stderr, r.stderr

@@ -9,7 +9,9 @@ denoising included) are at most B, draws --n-samples samples from the EMA weight
 (trained by this script into --features if absent, as `--mode classifier` does, with the training
 images' feature statistics beside it). One JSON line per (sampler, budget) goes to --out and stdout,
 with the configuration, the machine and the wall time; --time-budget stops starting new runs after
-that many seconds, so a long list ends with what it measured.
+that many seconds, so a long list ends with what it measured. The "_fitted" samplers first fit their
+grid for the budget (`samplers.fit_grid`, --fit-pilot draws, --fit-evals sampler runs; its time and
+network calls are in the row) and then sample on it.
 """
 from __future__ import annotations
 
@@ -42,6 +44,9 @@ SAMPLERS = {
     "ddim_eta1": ("ddim", {"eta": 1.0}),
     "heun_churn": ("heun", {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003}),
     "adaptive": ("adaptive", {}),
+    # On a grid fitted to the model for the budget (samplers.fit_grid on --fit-pilot draws of seed 7).
+    "unipc_fitted": ("unipc", {"grid": "fitted"}),
+    "dpmpp_2m_fitted": ("dpmpp_2m", {"grid": "fitted"}),
 }
 
 
@@ -106,6 +111,8 @@ def main():
     p.add_argument("--classifier-steps", type=int, default=3000, help="as config.eval.classifier_steps")
     p.add_argument("--device", default="auto")
     p.add_argument("--time-budget", type=float, default=1e9)
+    p.add_argument("--fit-pilot", type=int, default=1024, help="pilot draws of the _fitted samplers' grid fit")
+    p.add_argument("--fit-evals", type=int, default=0, help="their sampler runs at most (0: 100 per step)")
     p.add_argument("--out", default="fid.jsonl")
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # sampling, not likelihood
@@ -125,10 +132,19 @@ def main():
             print(json.dumps({"sampler": label, "budget": budget, "skipped": "time budget"}), flush=True)
             continue
         name, kwargs = SAMPLERS[label]
-        steps = steps_for_budget(sde, name, kwargs, budget)
+        steps = steps_for_budget(sde, name, {k: v for k, v in kwargs.items() if k != "grid"}, budget)
+        fit = {}
+        if kwargs.get("grid") == "fitted":
+            t0 = time.perf_counter()
+            grid, info = samplers.fit_grid(sde, score_fn, (args.fit_pilot, 1, 32, 32), steps=steps, sampler=name,
+                                           max_evals=args.fit_evals or None, seed=7, device=device)
+            kwargs = dict(kwargs, grid=grid)
+            fit = {"fit_s": round(time.perf_counter() - t0, 1), **info,
+                   "fitted_times": [round(v, 6) for v in grid.tolist()]}
         t0 = time.perf_counter()
         x, nfe = draw(sde, score_fn, name, kwargs, steps, args.n_samples, args.batch, device)
-        row = {"sampler": label, "method": name, "kwargs": kwargs, "budget": budget, "steps": steps, "nfe": nfe,
+        row = {"sampler": label, "method": name, "kwargs": {k: v for k, v in kwargs.items() if k != "grid"},
+               **fit, "budget": budget, "steps": steps, "nfe": nfe,
                "n_samples": len(x), "sample_s": round(time.perf_counter() - t0, 1),
                **quality(data.to_uint8(x)), "checkpoint_step": step, **machine}
         with open(args.out, "a") as f:

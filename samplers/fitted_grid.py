@@ -55,9 +55,11 @@ def fit_grid(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
              seed: int = 0, device=None, dtype=torch.float32,
              **cond) -> Tuple[Tensor, Dict[str, float]]:
     """The fitted grid: float64 times [steps + 1] from T down to eps, for `grid=` of `sampler`, and
-    what the fit did: {"pilot_error_initial", "pilot_error" (E of the init and fitted grids), "evals"
-    (sampler runs), "network_calls" (score calls, each on the pilot batch), "n_pilot"}. shape = (B, ...) is the pilot batch; it is drawn from the prior with
-    `seed`. `cond` (e.g. y=[B] labels) goes to every score call."""
+    what the fit did: {"pilot_error_initial", "pilot_error" (E of the init and fitted grids),
+    "evals" (sampler runs), "network_calls" (score calls, each on the whole pilot batch), "n_pilot"}.
+    shape = (B, ...) is the pilot batch, drawn from the prior with `seed` and run as one batch;
+    `cond` (e.g. y=[B] labels) goes to every score call. Every argument is checked, and the sampler
+    probed for determinism, before the first network call."""
     steps = check_positive_int(steps, "steps")
     max_evals = check_positive_int(100 * steps if max_evals is None else max_evals, "max_evals")
     if len(shape) < 1 or shape[0] < 2:
@@ -71,11 +73,13 @@ def fit_grid(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
     if len(start) != steps + 1 or float(start[-1]) != eps:
         raise ValueError(f"init must be a grid of steps + 1 = {steps + 1} times ending at eps = {eps:g}, "
                          f"got {len(start)} times ending at {float(start[-1]):g}")
+    # The pilot draws and their converged flow endpoints Phi(x_T), the target of every sampler run.
     calls = [0]  # network calls so far
     x_T = sde.prior_sampling(tuple(shape), torch.Generator(device or "cpu").manual_seed(seed), device, dtype)
     ref, nfe = solve_flow(sde, score_fn, x_T, sde.T, eps, rtol=ref_tol, atol=ref_tol, **cond)
     calls[0] += nfe
     scale = float((ref - ref.mean(0)).pow(2).flatten(1).sum(1).mean().sqrt())
+    # w in R^n -> a grid: increments softmax(w) of the log-SNR path from lambda(T) to lambda(eps).
     lam_T, lam_eps = (float(v) for v in sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)))
 
     def grid_of(w: np.ndarray) -> Tensor:
@@ -84,7 +88,7 @@ def fit_grid(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
         t[0], t[-1] = sde.T, eps
         return t
 
-    def error(w: np.ndarray) -> float:
+    def error(w: np.ndarray) -> float:  # E of the grid of w, relative to the endpoints' spread
         try:
             x, nfe = run(sde, score_fn, x_T.shape, steps=steps, grid=check_grid(grid_of(w), sde), x_T=x_T,
                        device=device, dtype=dtype, **kwargs, **cond)
@@ -94,6 +98,7 @@ def fit_grid(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
         e = float((x - ref).pow(2).flatten(1).sum(1).mean().sqrt()) / scale
         return e if math.isfinite(e) else _FAILED
 
+    # Powell from the init grid's w; the fitted grid is kept only if it beats the init grid.
     lam = sde.log_snr(start)
     w0 = torch.diff((lam - lam_T) / (lam_eps - lam_T)).log().numpy()
     initial = error(w0)

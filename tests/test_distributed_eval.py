@@ -103,3 +103,18 @@ def test_without_a_process_group_one_process_does_every_batch_in_one_file(tmp_pa
         (tmp_path / name).write_text("")
     assert distributed.rank_files(path) == [str(tmp_path / name) for name in (
         "nll_batches.jsonl", "nll_batches.rank0.jsonl", "nll_batches.rank12.jsonl")]
+
+
+def test_a_fitted_grid_is_fitted_by_rank_0_and_used_by_every_rank(runs):
+    """sampling.grid = "fitted" on 2 ranks without a shared folder: rank 0 fits and keeps the grid,
+    rank 1 receives it, and together they draw one process's samples."""
+    root, folder = runs["root"], "samples_unipc_ckpt2"
+    fitted = ["--config.sampling.method=unipc", "--config.sampling.steps=4", "--config.sampling.grid=fitted",
+              "--config.sampling.fit_pilot=64", "--config.sampling.fit_evals=10"]
+    run_main(_main_args("sample", root / "train", "fit", *fitted))
+    run_ranks([_main_args("sample", root / f"node{r}", "fit", *fitted) for r in (0, 1)])
+    one = root / "train" / "fit" / folder
+    assert (root / "node0" / "fit" / folder / "fitted_grid.json").read_text() == (one / "fitted_grid.json").read_text()
+    assert not (root / "node1" / "fit" / folder / "fitted_grid.json").exists()
+    _assert_same_batches({**_batches(root / "node0" / "fit" / folder), **_batches(root / "node1" / "fit" / folder)},
+                         _batches(one))

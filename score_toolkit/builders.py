@@ -231,10 +231,8 @@ def build_task_sampler(config, sde: sde_lib.SDE, observed: Tensor, mask: Optiona
                                "n_steps": s.n_steps, "corrector_options": corrector_options(config)}
     elif s.method == "ode":
         steps, options = s.ode_steps, {"method": s.ode_method}
-    else:
-        fn = samplers.get_sampler(s.method)
-        steps = s.steps
-        options = {k: s[k] for k in inspect.signature(fn).parameters if k in s and k not in _COMMON_SAMPLING + ("denoise",)}
+    else:  # denoise is passed below, to the task sampler
+        steps, options = s.steps, {k: v for k, v in sampler_options(config).items() if k != "denoise"}
     common = dict(sampler=s.method, steps=steps, resample=s.resample, eps=s.eps, denoise=s.denoise,
                   device=device, sampler_options=options)
 
@@ -414,8 +412,8 @@ def _validate_sampling(config) -> None:
 
 
 def _validate_fitted_grid(config) -> None:
-    """sampling.grid = "fitted": a fixed-step sampler of its own grid (not pc / ode, which read
-    N / ode_steps), no inpainting task, and a pilot of at least 2 draws."""
+    """sampling.grid = "fitted": a deterministic sampler that steps along the grid it is given (not
+    pc / ode, which read N / ode_steps), no inpainting task, and a pilot of at least 2 draws."""
     s = config.sampling
     _require(s.method not in ("pc", "ode"), "sampling.grid", s.grid,
              f"needs a sampler that takes sampling.steps and sampling.grid; sampling.method = {s.method!r} reads "

@@ -161,14 +161,21 @@ def point(p: Problem, fn, kw: dict, budget=None) -> dict:
             "wall_s": round(wall, 3)}
 
 
+def plan_of(p: Problem, name: str, kw: dict, budgets, cache: dict):
+    """(`steps_for_budgets`, is_stochastic) of sampler `name` with options kw, probed once per run:
+    NFE per step count and stochasticity do not depend on the problem."""
+    key = (name, json.dumps(kw, sort_keys=True))
+    if key not in cache:
+        fn = samplers.get_sampler(name)
+        plan = steps_for_budgets(p, fn, kw, budgets)
+        cache[key] = plan, bool(plan) and is_stochastic(p, fn, {**kw, "steps": max(plan.values())[0]})
+    return cache[key]
+
+
 def run_stepped(p: Problem, name: str, kw: dict, budgets, cache: dict) -> list:
     """Rows for a fixed-step sampler: its default grid, and the extra grids if it is deterministic."""
     fn = samplers.get_sampler(name)
-    key = (name, json.dumps(kw, sort_keys=True))
-    if key not in cache:  # NFE per step count and stochasticity do not depend on the problem
-        plan = steps_for_budgets(p, fn, kw, budgets)
-        cache[key] = plan, bool(plan) and is_stochastic(p, fn, {**kw, "steps": max(plan.values())[0]})
-    plan, stochastic = cache[key]
+    plan, stochastic = plan_of(p, name, kw, budgets, cache)
     if not plan:
         return [{"sampler": name, "grid": "default", "kwargs": kw, "stochastic": None, "points": []}]
     rows, seen = [], {}
@@ -190,10 +197,10 @@ def run_stepped(p: Problem, name: str, kw: dict, budgets, cache: dict) -> list:
     return rows
 
 
-def run_fitted(p: Problem, name: str, budgets, n_pilot: int) -> list:
+def run_fitted(p: Problem, name: str, budgets, n_pilot: int, cache: dict) -> list:
     """Rows for `name` on grids fitted by samplers.fit_grid on n_pilot other draws, one per budget."""
     fn, pts = samplers.get_sampler(name), []
-    plan = steps_for_budgets(p, fn, {}, [b for b in budgets if b <= FIT_MAX_BUDGET])
+    plan = {b: v for b, v in plan_of(p, name, {}, budgets, cache)[0].items() if b <= FIT_MAX_BUDGET}
     for b, (steps, _) in plan.items():
         t0 = time.perf_counter()
         grid, info = samplers.fit_grid(p.sde, p.score, (n_pilot, p.gm.dim), steps=steps, sampler=name,
@@ -362,7 +369,7 @@ def main():
                 rows += run_stepped(prob, s, kw, args.budgets, cache)
         if not args.no_fit:
             for s in FIT_SAMPLERS:
-                rows += run_fitted(prob, s, args.budgets, 500 if args.quick else 1000)
+                rows += run_fitted(prob, s, args.budgets, 500 if args.quick else 1000, cache)
         if args.kdiffusion is not None and name == "2d/ve":
             rows += kdiffusion_rows(prob, args.kdiffusion, args.budgets)
         results[name] = {"data": f"{prob.gm.dim}-D mixture of {len(prob.gm.weights)}", "sde": type(prob.sde).__name__,

@@ -132,7 +132,8 @@ def main():
             print(json.dumps({"sampler": label, "budget": budget, "skipped": "time budget"}), flush=True)
             continue
         name, kwargs = SAMPLERS[label]
-        steps = steps_for_budget(sde, name, {k: v for k, v in kwargs.items() if k != "grid"}, budget)
+        plain = {k: v for k, v in kwargs.items() if k != "grid"}  # "fitted" is no grid to probe NFE with
+        steps = steps_for_budget(sde, name, plain, budget)
         fit = {}
         if kwargs.get("grid") == "fitted":
             t0 = time.perf_counter()
@@ -143,7 +144,7 @@ def main():
                    "fitted_times": [round(v, 6) for v in grid.tolist()]}
         t0 = time.perf_counter()
         x, nfe = draw(sde, score_fn, name, kwargs, steps, args.n_samples, args.batch, device)
-        row = {"sampler": label, "method": name, "kwargs": {k: v for k, v in kwargs.items() if k != "grid"},
+        row = {"sampler": label, "method": name, "kwargs": plain,
                **fit, "budget": budget, "steps": steps, "nfe": nfe,
                "n_samples": len(x), "sample_s": round(time.perf_counter() - t0, 1),
                **quality(data.to_uint8(x)), "checkpoint_step": step, **machine}

@@ -35,13 +35,20 @@ from samplers.base import get_sampler
 from samplers.grids import check_grid, get_grid
 from samplers.guards import check_eps
 from samplers.ode import chooses_own_steps, solve_flow
+from score_toolkit.analytic import GaussianMixture
 from score_toolkit.checks import check_positive_int
 
 Tensor = torch.Tensor
-__all__ = ["fit_grid"]
+__all__ = ["fit_grid", "endpoint_error"]
 # E of a grid the sampler cannot run: worse than any it can, and finite (Powell's line searches
 # take differences of E values, which inf would turn into nan).
 _FAILED = 1e6
+
+
+def endpoint_error(x: Tensor, ref: Tensor) -> float:
+    """E: RMS_b ||x_b - ref_b|| / RMS_b ||ref_b - mean ref||, for samples x and flow endpoints ref [B, ...]."""
+    spread = float((ref - ref.mean(0)).pow(2).flatten(1).sum(1).mean().sqrt())
+    return float((x - ref).pow(2).flatten(1).sum(1).mean().sqrt()) / spread
 
 
 def fit_grid(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
@@ -74,11 +81,9 @@ def fit_grid(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
         raise ValueError(f"init must be a grid of steps + 1 = {steps + 1} times ending at eps = {eps:g}, "
                          f"got {len(start)} times ending at {float(start[-1]):g}")
     # The pilot draws and their converged flow endpoints Phi(x_T), the target of every sampler run.
-    calls = [0]  # network calls so far
+    calls = 0  # network calls so far
     x_T = sde.prior_sampling(tuple(shape), torch.Generator(device or "cpu").manual_seed(seed), device, dtype)
-    ref, nfe = solve_flow(sde, score_fn, x_T, sde.T, eps, rtol=ref_tol, atol=ref_tol, **cond)
-    calls[0] += nfe
-    scale = float((ref - ref.mean(0)).pow(2).flatten(1).sum(1).mean().sqrt())
+    ref, calls = solve_flow(sde, score_fn, x_T, sde.T, eps, rtol=ref_tol, atol=ref_tol, **cond)
     # w in R^n -> a grid: increments softmax(w) of the log-SNR path from lambda(T) to lambda(eps).
     lam_T, lam_eps = (float(v) for v in sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)))
 
@@ -88,14 +93,15 @@ def fit_grid(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
         t[0], t[-1] = sde.T, eps
         return t
 
-    def error(w: np.ndarray) -> float:  # E of the grid of w, relative to the endpoints' spread
+    def error(w: np.ndarray) -> float:  # E of the grid of w
+        nonlocal calls
         try:
             x, nfe = run(sde, score_fn, x_T.shape, steps=steps, grid=check_grid(grid_of(w), sde), x_T=x_T,
                        device=device, dtype=dtype, **kwargs, **cond)
         except (ValueError, FloatingPointError):  # times too close to tell apart, or a blown-up step
             return _FAILED
-        calls[0] += nfe
-        e = float((x - ref).pow(2).flatten(1).sum(1).mean().sqrt()) / scale
+        calls += nfe
+        e = endpoint_error(x, ref)
         return e if math.isfinite(e) else _FAILED
 
     # Powell from the init grid's w; the fitted grid is kept only if it beats the init grid.
@@ -105,15 +111,15 @@ def fit_grid(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
     best = minimize(error, w0, method="Powell", options={"maxfev": max_evals, "xtol": 1e-3, "ftol": 1e-4})
     w, fitted = (best.x, float(best.fun)) if best.fun < initial else (w0, initial)
     info = {"pilot_error_initial": initial, "pilot_error": fitted, "evals": int(best.nfev) + 1,
-            "network_calls": calls[0], "n_pilot": int(shape[0])}
+            "network_calls": calls, "n_pilot": int(shape[0])}
     return grid_of(w), info
 
 
 def check_fittable(name: str, kwargs: dict, sde: SDE) -> Callable:
     """The registered sampler `name` with options `kwargs` if a grid can be fitted for it: it steps
     along a grid it is given (unlike `adaptive`, or `ode` with an adaptive method, which choose their
-    own steps) and is a function of x_T (two seeds give the same samples on a point-mass problem,
-    whose score is known without a network). A ValueError naming `sampler` otherwise."""
+    own steps) and is a function of x_T (two seeds give the same samples on 1-D Gaussian data, whose
+    score is known without a network). A ValueError naming `sampler` otherwise."""
     fn = get_sampler(name)
     if name == "ode":
         if chooses_own_steps(kwargs.get("method", "dopri5")):
@@ -123,11 +129,9 @@ def check_fittable(name: str, kwargs: dict, sde: SDE) -> Callable:
         raise ValueError(f"sampler {name!r} chooses its own steps, so it has no grid to fit; fit the grid of a "
                          "fixed-step sampler (unipc, dpmpp_2m, ddim, heun, ode with method='rk4', ...)")
 
-    def point_mass(x, t):  # the exact score of data at 0: N(0, sigma(t)^2 I)
-        return -x / sde.marginal_coeffs(t)[1].to(x.dtype)[:, None] ** 2
-
+    gaussian = GaussianMixture([1.0], [[0.0]], [[1.0]]).score_fn(sde)  # exact, and no network
     x_T = torch.ones(2, 1, dtype=torch.float64)
-    a, b = (fn(sde, point_mass, (2, 1), steps=2, x_T=x_T, seed=seed, dtype=torch.float64, **kwargs)[0]
+    a, b = (fn(sde, gaussian, (2, 1), steps=2, x_T=x_T, seed=seed, dtype=torch.float64, **kwargs)[0]
             for seed in (0, 1))
     if not torch.equal(a, b):
         raise ValueError(f"sampler {name!r} with {kwargs or 'its defaults'} is stochastic (two seeds give different "

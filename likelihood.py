@@ -13,13 +13,14 @@ probe, for the whole batch at once.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import torch
 from torchdiffeq import odeint
 
 from sde_lib import SDE
-from samplers.guards import GuardedScore, check_eps, check_finite, check_one_of, check_positive_int, make_generator
+from sde_lib.checks import check_cond, check_one_of, check_positive_int
+from samplers.guards import GuardedScore, check_eps, check_finite, make_generator
 from samplers.ode import flow_drift, solve_flow, solver_options
 
 Tensor = torch.Tensor
@@ -71,10 +72,10 @@ def log_likelihood(sde: SDE, score_fn, x: Tensor, *, divergence: str = "exact",
                    rtol: float = 1e-5, atol: float = 1e-5,
                    eps: float = 1e-5,                   # start time of the flow: log p_eps(x)
                    method: str = "dopri5", steps: Optional[int] = None,
-                   generator: Optional[torch.Generator] = None,
-                   seed: Optional[int] = None, **cond) -> Tuple[Tensor, Tensor, int]:
+                   generator: Optional[torch.Generator] = None, seed: Optional[int] = None,
+                   cond: Optional[Mapping[str, Tensor]] = None) -> Tuple[Tensor, Tensor, int]:
     """log p_eps(x) in nats for a batch x [B, ...], by one ODE solve for the whole batch; `cond`
-    (e.g. class labels [B]) goes to every score call.
+    (e.g. {"y": labels [B]}) goes to every score call.
 
     Returns (logp [B], z = x(T) [B, ...], nfe). Computes in x's dtype: pass float64 data (and a
     float64-capable score_fn) for float64 throughout.
@@ -83,7 +84,7 @@ def log_likelihood(sde: SDE, score_fn, x: Tensor, *, divergence: str = "exact",
     n_probes = check_positive_int(n_probes, "n_probes")
     eps = check_eps(sde, eps)
     options = solver_options(method, steps, eps, sde.T)
-    score = GuardedScore(score_fn, cond)
+    score = GuardedScore(score_fn, check_cond(score_fn, cond, x.shape[0]))
     probes = _probes(x, divergence, n_probes, make_generator(generator, seed))
     ts = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
     delta0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
@@ -139,7 +140,7 @@ def bits_per_dim(sde: SDE, score_fn, k: Tensor, *, n_bins: int = 256, centered: 
 
         bpd = -(log p_x(x) + D log a) / (D ln 2) + log2(n_bins).
 
-    Returns (bpd [B], z, nfe); `ll_kwargs` (and conditioning) go to `log_likelihood`.
+    Returns (bpd [B], z, nfe); `ll_kwargs` (cond among them) go to `log_likelihood`.
     """
     if k.is_floating_point() and not torch.equal(k, k.round()):
         raise ValueError("k must hold integer bin indices (e.g. uint8 pixel values), got non-integer floats")
@@ -157,14 +158,14 @@ def bits_per_dim(sde: SDE, score_fn, k: Tensor, *, n_bins: int = 256, centered: 
 
 
 def encode(sde: SDE, score_fn, x: Tensor, *, eps: float = 1e-5, rtol: float = 1e-5, atol: float = 1e-5,
-           method: str = "dopri5", steps: Optional[int] = None) -> Tensor:
+           method: str = "dopri5", steps: Optional[int] = None, cond: Optional[Mapping[str, Tensor]] = None) -> Tensor:
     """The latent z = x(T) of data x = x(eps) under the probability-flow ODE."""
     return solve_flow(sde, score_fn, x, check_eps(sde, eps), sde.T, rtol=rtol, atol=atol,
-                      method=method, steps=steps)[0]
+                      method=method, steps=steps, cond=cond)[0]
 
 
 def decode(sde: SDE, score_fn, z: Tensor, *, eps: float = 1e-5, rtol: float = 1e-5, atol: float = 1e-5,
-           method: str = "dopri5", steps: Optional[int] = None) -> Tensor:
+           method: str = "dopri5", steps: Optional[int] = None, cond: Optional[Mapping[str, Tensor]] = None) -> Tensor:
     """The data x = x(eps) of a latent z = x(T): the inverse of `encode`."""
     return solve_flow(sde, score_fn, z, sde.T, check_eps(sde, eps), rtol=rtol, atol=atol,
-                      method=method, steps=steps)[0]
+                      method=method, steps=steps, cond=cond)[0]

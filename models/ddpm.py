@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from models import layers
-from models.embeddings import LabelEmbedding, check_label_args, sinusoidal_embedding
+from models.embeddings import LabelEmbedding, check_label_args, embed_labels, label_keys, sinusoidal_embedding
 from models.ncsnpp import check_unet_args, check_unet_inputs
 from models.registry import register_model
 from sde_lib import append_dims
@@ -28,20 +28,20 @@ class DDPM(nn.Module):
     the output is divided by cond (which must then be sigma).
 
     GroupNorm uses `num_groups` groups everywhere (the reference fixes 32, so channel counts must
-    be multiples of it; smaller values allow narrow test networks). `conditional` is accepted for
-    config compatibility: as in the reference, the blocks are always conditioned on cond.
+    be multiples of it; smaller values allow narrow test networks). As in the reference, the blocks are
+    always conditioned on cond.
     The defaults are the reference's CIFAR-10 configuration.
 
     With `num_classes` = K > 0 the network is class-conditional, as ADM (Dhariwal & Nichol 2021):
     every block reads temb + label_embed(y), and forward takes y (int64 [B] in [0, K]; K and None
     mean no label), each label dropped to K with probability `p_uncond` in training (`LabelEmbedding`).
-    `label_embed` is registered after `all_modules`; with K = 0 (the default) forward takes no y and
+    `label_embed` is registered after `all_modules`; with K = 0 (the default) the network takes no y (`cond_keys` = ()) and
     the parameters are the reference's.
     """
 
     def __init__(self, *, nf: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
                  attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1, resamp_with_conv: bool = True,
-                 conditional: bool = True, scale_by_sigma: bool = False, nonlinearity: str = "swish",
+                 scale_by_sigma: bool = False, nonlinearity: str = "swish",
                  centered: bool = True, num_channels: int = 3, image_size: int = 32, num_groups: int = 32,
                  num_classes: int = 0, p_uncond: float = 0.0):
         super().__init__()
@@ -54,7 +54,7 @@ class DDPM(nn.Module):
                              f"nf * ch_mult = {[nf * m for m in ch_mult]} (not {bad})")
         self.nf, self.ch_mult, self.num_res_blocks = nf, ch_mult, num_res_blocks
         self.num_channels, self.image_size = num_channels, image_size
-        self.centered, self.scale_by_sigma, self.conditional = centered, scale_by_sigma, conditional
+        self.centered, self.scale_by_sigma = centered, scale_by_sigma
         self.act = layers.get_act(nonlinearity)
         self.attn_at = [image_size // 2 ** i in tuple(attn_resolutions) for i in range(len(ch_mult))]
         self._block_args = dict(act=self.act, temb_dim=4 * nf, dropout=dropout, num_groups=num_groups,
@@ -68,12 +68,11 @@ class DDPM(nn.Module):
         modules += [layers.group_norm(in_ch, num_groups), layers.conv3x3(in_ch, num_channels, init_scale=0.0)]
         self.all_modules = nn.ModuleList(modules)
         del self._block_args
-        self.num_classes = num_classes
+        self.num_classes, self.cond_keys = num_classes, label_keys(num_classes)
         if num_classes:
             # Registered (and drawn) last: the reference's parameters, their order (which the EMA's
             # shadow_params follow) and their initial values are those of the unconditional network.
             self.label_embed = LabelEmbedding(num_classes, 4 * nf, p_uncond)
-            self.forward = self.forward_labelled  # the signature Precond reads: this network takes y
 
     def _block(self, in_ch: int, out_ch: int | None = None) -> nn.Module:
         return layers.ResnetBlockDDPM(in_ch=in_ch, out_ch=out_ch, **self._block_args)
@@ -104,21 +103,15 @@ class DDPM(nn.Module):
                 modules.append(layers.Upsample(in_ch, with_conv=with_conv))
         return in_ch
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        """x [B, C, H, W], cond [B] -> [B, C, H, W]."""
-        return self._forward(x, cond)
-
-    def forward_labelled(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
         """x [B, C, H, W], cond [B], class labels y [B] (None: the null label) -> [B, C, H, W]."""
-        return self._forward(x, cond, y)
-
-    def _forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
         check_unet_inputs(x, cond, self.num_channels, self.image_size)
         mods = iter(self.all_modules)
         temb = next(mods)(sinusoidal_embedding(cond, self.nf))
         temb = next(mods)(self.act(temb))
-        if self.num_classes:
-            temb = temb + self.label_embed(y, x.shape[0])
+        label = embed_labels(self, y, x.shape[0])
+        if label is not None:
+            temb = temb + label
         h = x if self.centered else 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
         hs = self._down(next(mods)(h), temb, mods)
         h = next(mods)(hs[-1], temb)

@@ -44,6 +44,21 @@ def check_label_args(num_classes: int, p_uncond: float) -> None:
                          "set num_classes > 0 or p_uncond = 0")
 
 
+def label_keys(num_classes: int) -> tuple:
+    """The conditioning a network with `num_classes` classes takes: ("y",), or () when it has none."""
+    return ("y",) if num_classes else ()
+
+
+def embed_labels(net: nn.Module, y: Tensor | None, batch: int) -> Tensor | None:
+    """net.label_embed(y) [batch, dim] for a class-conditional net; None for an unconditional one,
+    which refuses labels (a label it cannot read would otherwise be dropped without a word)."""
+    if net.num_classes:
+        return net.label_embed(y, batch)
+    if y is not None:
+        raise TypeError(f"{type(net).__name__} is unconditional (num_classes = 0) and takes no class labels y")
+    return None
+
+
 class LabelEmbedding(nn.Embedding):
     """Class labels y [B] -> vectors [B, dim], added to the noise embedding (Dhariwal & Nichol 2021):
     emb = time_emb(c_noise) + label_emb(y).

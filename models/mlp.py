@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.embeddings import GaussianFourierProjection, LabelEmbedding, check_label_args, sinusoidal_embedding
+from models.embeddings import (GaussianFourierProjection, LabelEmbedding, check_label_args, embed_labels, label_keys,
+                               sinusoidal_embedding)
 from models.registry import register_model
 
 Tensor = torch.Tensor
@@ -24,7 +25,7 @@ class ScoreMLP(nn.Module):
     With `num_classes` = K > 0 the network is class-conditional: E(cond) + label_embed(y) replaces
     E(cond) everywhere, and forward takes y (int64 [B] in [0, K]; K and None mean no label), with
     each label dropped to K with probability `p_uncond` in training (`LabelEmbedding`). With K = 0
-    (the default) forward takes no y and the parameters are those of the unconditional network.
+    (the default) the network takes no y (`cond_keys` = ()) and its parameters are those of the unconditional network.
     """
 
     def __init__(self, dim: int = 2, hidden: int = 128, num_layers: int = 3, embedding_dim: int = 64,
@@ -47,29 +48,22 @@ class ScoreMLP(nn.Module):
         self.out = nn.Linear(hidden, dim)
         nn.init.zeros_(self.out.weight)  # start at a zero score: training begins from a calm field
         nn.init.zeros_(self.out.bias)
-        self.num_classes = num_classes
+        self.num_classes, self.cond_keys = num_classes, label_keys(num_classes)
         if num_classes:
             # Registered (and drawn) last: the other parameters, their order and initial values are
             # those of the unconditional network.
             self.label_embed = LabelEmbedding(num_classes, hidden, p_uncond)
-            self.forward = self.forward_labelled  # the signature Precond reads: this network takes y
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        """x [B, D], cond [B] -> [B, D] (the unconditional network)."""
-        return self._forward(x, cond)
-
-    def forward_labelled(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
         """x [B, D], cond [B], class labels y [B] (None: the null label) -> [B, D]."""
-        return self._forward(x, cond, y)
-
-    def _forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
         if self.embedding_type == "fourier":
             e = self.fourier(torch.log(cond).to(self.fourier.W.dtype))
         else:
             e = sinusoidal_embedding(cond, self.embedding_dim)
         e = self.embed(e.to(self.inp.weight.dtype))
-        if self.num_classes:
-            e = e + self.label_embed(y, x.shape[0])
+        label = embed_labels(self, y, x.shape[0])
+        if label is not None:
+            e = e + label
         if self.scale_input_by_sigma:
             x = x * torch.rsqrt(1 + cond.to(x.dtype)[:, None] ** 2)
         h = self.inp(x) + e

@@ -16,7 +16,8 @@ import torch.nn as nn
 
 from models import layers
 from models import up_or_down_sampling as updown
-from models.embeddings import GaussianFourierProjection, LabelEmbedding, check_label_args, sinusoidal_embedding
+from models.embeddings import (GaussianFourierProjection, LabelEmbedding, check_label_args, embed_labels, label_keys,
+                               sinusoidal_embedding)
 from models.registry import register_model
 from sde_lib import append_dims
 
@@ -99,7 +100,7 @@ class NCSNpp(nn.Module):
     the embedding every residual block reads is temb = Dense(act(Dense(embed(cond)))) + label_embed(y)
     (label_embed alone when not `conditional`), and forward takes y (int64 [B] in [0, K]; K and None
     mean no label), each label dropped to K with probability `p_uncond` in training (`LabelEmbedding`).
-    `label_embed` is registered after `all_modules`; with K = 0 (the default) forward takes no y and
+    `label_embed` is registered after `all_modules`; with K = 0 (the default) the network takes no y (`cond_keys` = ()) and
     the parameters are the reference's.
     """
 
@@ -143,12 +144,11 @@ class NCSNpp(nn.Module):
         self._build_up(modules, in_ch, skip_channels)
         self.all_modules = nn.ModuleList(modules)
         del self._opts
-        self.num_classes = num_classes
+        self.num_classes, self.cond_keys = num_classes, label_keys(num_classes)
         if num_classes:
             # Registered (and drawn) last: the reference's parameters, their order (which the EMA's
             # shadow_params follow) and their initial values are those of the unconditional network.
             self.label_embed = LabelEmbedding(num_classes, 4 * nf, p_uncond)
-            self.forward = self.forward_labelled  # the signature Precond reads: this network takes y
 
     # ------------------------------------------------------------------ construction
 
@@ -250,20 +250,13 @@ class NCSNpp(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        """x [B, C, H, W], cond [B] (sigma for VE, a time label such as 999 t for VP) -> [B, C, H, W]."""
-        return self._forward(x, cond)
-
-    def forward_labelled(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
         """x [B, C, H, W], cond [B], class labels y [B] (None: the null label) -> [B, C, H, W]."""
-        return self._forward(x, cond, y)
-
-    def _forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
         check_unet_inputs(x, cond, self.num_channels, self.image_size)
         mods = iter(self.all_modules)
         temb = self._embed(cond, mods)
-        if self.num_classes:
-            label = self.label_embed(y, x.shape[0])
+        label = embed_labels(self, y, x.shape[0])
+        if label is not None:
             temb = label if temb is None else temb + label
         if not self.centered:
             x = 2 * x - 1.0  # data in [0, 1] -> [-1, 1]

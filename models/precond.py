@@ -26,14 +26,13 @@ small sigma (e.g. s = -F / sigma for "eps", never (alpha D - x) / sigma^2).
 """
 from __future__ import annotations
 
-import inspect
 from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from sde_lib import SDE, append_dims
-from score_toolkit.checks import check_one_of
+from sde_lib.checks import check_one_of, cond_keys
 
 Tensor = torch.Tensor
 PARAMETRIZATIONS = ("eps", "score", "x0", "v")
@@ -104,31 +103,19 @@ class Precond(nn.Module):
         param = parametrization or sde.parametrization
         check_one_of("parametrization", param, PARAMETRIZATIONS)
         self.sde, self.net, self.parametrization, self.continuous = sde, net, param, continuous
-        self.cond_keys = _cond_keys(net)
+        self.cond_keys = cond_keys(net)  # what the network declares it takes (None: anything)
 
     def select(self, cond: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """The part of a data batch's conditioning (e.g. {"y": labels}) that the network takes: an
         unconditional network trains on labelled data without seeing the labels."""
         return dict(cond) if self.cond_keys is None else {k: v for k, v in cond.items() if k in self.cond_keys}
 
-    def coefficients(self, t: Tensor) -> Dict[str, Tensor]:
-        """EDM's c_skip, c_out, c_in, c_noise at times t [B] (float64, [B] each)."""
-        alpha, sigma = self._alpha_sigma(t.double())
-        c_skip, c_out = _XF[self.parametrization]["x0"](alpha, sigma)
-        return {"c_skip": torch.zeros_like(alpha) if c_skip is None else c_skip, "c_out": c_out,
-                "c_in": torch.ones_like(alpha),
-                "c_noise": noise_label(self.sde, t, self.continuous)}
-
     def _alpha_sigma(self, t64: Tensor) -> Tuple[Tensor, Tensor]:
         return self.sde.marginal_coeffs(t64) if self.continuous else self.sde.discrete_coeffs(t64)
 
     def raw(self, x: Tensor, t: Tensor, **cond) -> Tensor:
-        """F(x, c_noise(t), **cond): the network's own output, shaped like x."""
-        if cond and self.cond_keys is not None:
-            unknown = sorted(set(cond) - set(self.cond_keys))
-            if unknown:
-                raise TypeError(f"conditioning argument {unknown[0]!r} is not taken by network "
-                                f"{type(self.net).__name__}; it takes {sorted(self.cond_keys) or 'no conditioning'}")
+        """F(x, c_noise(t), **cond): the network's own output, shaped like x. Conditioning is checked
+        once per run by the caller (`sde_lib.checks.check_cond` against `cond_keys`), not per call."""
         return self.net(x, noise_label(self.sde, t, self.continuous), **cond)
 
     def _output(self, which: str, x: Tensor, t: Tensor, cond: dict) -> Tensor:
@@ -141,8 +128,6 @@ class Precond(nn.Module):
         """The score grad_x log p_t(x) [B, ...] at times t [B]."""
         return self._output("score", x, t, cond)
 
-    score = forward
-
     def denoise(self, x: Tensor, t: Tensor, **cond) -> Tensor:
         """E[x_0 | x_t = x], the x0 estimate D(x) = c_skip x + c_out F."""
         return self._output("x0", x, t, cond)
@@ -150,11 +135,3 @@ class Precond(nn.Module):
     def eps(self, x: Tensor, t: Tensor, **cond) -> Tensor:
         """E[z | x_t = x], the noise estimate -sigma(t) s(x, t)."""
         return self._output("eps", x, t, cond)
-
-
-def _cond_keys(net: nn.Module) -> Optional[Tuple[str, ...]]:
-    """The keyword arguments net.forward takes after (x, c_noise); None if it takes **kwargs."""
-    params = list(inspect.signature(net.forward).parameters.values())[2:]
-    if any(p.kind == p.VAR_KEYWORD for p in params):
-        return None
-    return tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))

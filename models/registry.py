@@ -5,7 +5,7 @@ from typing import Callable, Type
 
 import torch.nn as nn
 
-from score_toolkit.registry import Registry
+from sde_lib.registry import Registry
 
 MODELS = Registry("model")
 

@@ -32,52 +32,40 @@ Whose error decides, `norm`:
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
 
 from sde_lib import SDE, append_dims
-from samplers.base import coeff, denoised, register_sampler, start
-from samplers.guards import check_finite, check_positive_int
+from sde_lib.checks import check_one_of, check_positive_int
+from samplers.base import at, coeff, ignore, noise_like, sampler
 
 Tensor = torch.Tensor
-__all__ = ["adaptive_sample"]
+__all__ = ["adaptive_loop", "adaptive_sample"]
 
 
-@register_sampler("adaptive")
-def adaptive_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
-                    rtol: float = 0.05,                   # relative tolerance of the mixed error
-                    atol: float = 0.01,                   # absolute tolerance, in the data's units
-                    h_init: float = 0.01,                 # first step size, in t
-                    theta: float = 0.9,                   # safety factor of the step-size update
-                    r: float = 0.9,                       # exponent of the step-size update
-                    norm: str = "batch",                  # "batch" or "sample": whose error sets h
-                    denoise: bool = False,                # final Tweedie step at eps (1 NFE)
-                    max_nfe: int = 100_000,               # raise rather than run on past this
-                    steps: None = None,                   # chosen by the solver: must be None
-                    grid: None = None,                    # chosen by the solver: must be None
-                    eps: Optional[float] = None,          # last time; default sde.sampling_eps
-                    x_T: Optional[Tensor] = None,         # start here instead of a prior sample
-                    seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                    device=None, dtype=torch.float32,
-                    callback: Optional[Callable[[dict], None]] = None,
-                    progress: bool = False, **cond) -> Tuple[Tensor, int]:
-    """Samples [shape] from the reverse SDE with adaptive steps from T down to eps (module docstring).
-
-    `steps` and `grid` take no value: the solver picks its times, and `rtol` / `atol` its accuracy.
-    Each attempt costs two score calls on the whole batch (with norm="sample", samples already at
-    eps ride along with h = 0), so nfe = 2 * attempts (+1 with denoise). `callback` receives
-    {i (attempt), t (the time, a float; each sample's time [B] with norm="sample"), x, x_mean (x without this step's noise), denoised
-    (E[x_0 | x] before the attempt), h (next step sizes [B]), accepted ([B] bool)} after every attempt.
+def adaptive_loop(sde: SDE, score, x: Tensor, grid: Tensor, *,
+                  rtol: float = 0.05,                   # relative tolerance of the mixed error
+                  atol: float = 0.01,                   # absolute tolerance, in the data's units
+                  h_init: float = 0.01,                 # first step size, in t
+                  theta: float = 0.9,                   # safety factor of the step-size update
+                  r: float = 0.9,                       # exponent of the step-size update
+                  norm: str = "batch",                  # "batch" or "sample": whose error sets h
+                  max_nfe: int = 100_000,               # raise rather than run on past this
+                  generator: Optional[torch.Generator] = None, callback=ignore, progress: bool = False) -> Tensor:
+    """Adaptive steps of the reverse SDE from grid[0] = T down to grid[-1] = eps (module docstring); the
+    solver picks its own times, so `adaptive_sample` takes no steps or grid, and `rtol` / `atol` set its
+    accuracy. Each attempt costs two score calls on the whole batch (with norm="sample", samples already
+    at eps ride along with h = 0), so nfe = 2 * attempts. `callback` receives {i (attempt), t (the time,
+    a float; each sample's time [B] with norm="sample"), x, x_mean (x without this step's noise),
+    denoised (E[x_0 | x] before the attempt), h (next step sizes [B]), accepted ([B] bool)} after every attempt.
     """
-    _check_options(steps, grid, rtol, atol, h_init, theta, r, norm)
+    _check_options(rtol, atol, h_init, theta, r, norm)
     max_nfe = check_positive_int(max_nfe, "max_nfe")
-    run = start(sde, score_fn, shape, steps=1, grid=None, eps=eps, x_T=x_T, seed=seed, generator=generator,
-                device=device, dtype=dtype, cond=cond)
-    score, x, (T, eps) = run.score, run.x, run.grid.tolist()
+    T, eps = float(grid[0]), float(grid[-1])
     rsde = sde.reverse(score)
-    t = run.times(0).clone()
+    t = at(grid, 0, x).clone()
     h = torch.full_like(t, min(h_init, T - eps))
     x_prev = x  # x' of the last accepted step; the start point before any
     bar = tqdm(total=T - eps, disable=not progress, desc="adaptive_sample")
@@ -86,11 +74,10 @@ def adaptive_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[i
         if score.nfe + 2 > max_nfe:
             raise RuntimeError(f"adaptive_sample needs more than max_nfe={max_nfe} score calls; "
                                f"{int((t > eps).sum())} samples have not reached eps (loosen rtol / atol)")
-        score.step = i
-        sqrt_h, z = coeff(h.sqrt(), x), run.noise()
+        sqrt_h, z = coeff(h.sqrt(), x), noise_like(x, generator)
         # Euler-Maruyama proposal x' = x + K1.
         s1 = score(x, t.to(x.dtype))
-        x0 = denoised(sde, x, t, s1) if callback is not None else None
+        x0 = sde.tweedie(x, t, s1)
         drift, g = rsde.sde(x, t, s1)
         k1_mean, k1_noise = -coeff(h, x) * drift, coeff(g, x) * sqrt_h * z
         x1 = x + k1_mean + k1_noise
@@ -109,30 +96,19 @@ def adaptive_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[i
         t_new = torch.where(h >= t - eps, torch.full_like(t, eps), t - h)  # land exactly on eps
         t = torch.where(ok, t_new, t)
         h = torch.minimum(t - eps, theta * h * err.clamp_min(1e-8) ** -r)
-        check_finite(x, "adaptive", i, t)
         bar.update(T - float(t.max()) - bar.n)  # the slowest sample's progress
-        if callback is not None:
-            x_mean = torch.where(keep, x2 - 0.5 * (k1_noise + k2_noise), x)
-            callback({"i": i, "t": t, "x": x, "x_mean": x_mean, "h": h, "accepted": ok, "denoised": x0})
+        x_mean = torch.where(keep, x2 - 0.5 * (k1_noise + k2_noise), x)
+        callback({"i": i, "t": t, "x": x, "x_mean": x_mean, "h": h, "accepted": ok, "denoised": x0})
         i += 1
     bar.close()
-    if denoise:
-        # Tweedie's E[x_0 | x] at eps removes the noise left there.
-        score.step = i
-        x = denoised(sde, x, t, score(x, t.to(x.dtype)))
-    return x, score.nfe
+    return x
 
 
-def _check_options(steps, grid, rtol, atol, h_init, theta, r, norm) -> None:
-    if steps is not None:
-        raise ValueError(f"steps must be None for adaptive_sample, which chooses its own steps "
-                         f"(set rtol / atol for accuracy), got {steps!r}")
-    if grid is not None:
-        raise ValueError("grid must be None for adaptive_sample, which chooses its own times; "
-                         "pass eps for the last time")
+adaptive_sample = sampler("adaptive", adaptive_loop, own_steps=lambda options: True)
+
+
+def _check_options(rtol, atol, h_init, theta, r, norm) -> None:
     for name, v in (("rtol", rtol), ("atol", atol), ("h_init", h_init), ("theta", theta), ("r", r)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-    if norm not in ("batch", "sample"):
-        raise ValueError(f"norm must be 'batch' (one step size for the batch) or 'sample' (one per sample), "
-                         f"got {norm!r}")
+    check_one_of("norm", norm, ("batch", "sample"))

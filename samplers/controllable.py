@@ -28,28 +28,20 @@ score that implies the clipped estimate, so every sampler uses it.
 """
 from __future__ import annotations
 
-import inspect
 import math
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import torch
-from tqdm.auto import tqdm
+from tqdm.auto import trange
 
 from sde_lib import SDE, append_dims
-from samplers.base import denoised, get_sampler, list_samplers
-from samplers.grids import get_grid
-from samplers.guards import GuardedScore, check_eps, check_finite, check_positive_int, make_generator
-from samplers.ode import chooses_own_steps
+from sde_lib.checks import check_cond, check_positive_int, cond_keys
+from samplers.base import COMMON, Sampler, noise_like, sampler_info, start
+from samplers.grids import check_grid, get_grid
+from samplers.guards import GuardedScore, check_eps, check_finite, make_generator
 
 Tensor = torch.Tensor
 __all__ = ["inpaint_sample", "colorize_sample", "colorization_basis", "thresholded_score", "threshold_x0"]
-
-# Samplers that cannot run one given grid interval at a time, and why.
-UNSUPPORTED = {"adaptive": "it chooses its own times (grid must be None)"}
-# What the loop sets on every call; sampler_options may not.
-_SET_BY_LOOP = ("steps", "N", "grid", "eps", "x_T", "seed", "generator", "device", "dtype", "denoise",
-                "callback", "progress")
-
 
 # ----- inpainting and colorization --------------------------------------------------------------------
 
@@ -68,13 +60,13 @@ def inpaint_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[in
                    device=None, dtype=torch.float32,
                    callback: Optional[Callable[[dict], None]] = None, progress: bool = False,
                    sampler_options: Optional[dict] = None,  # the sampler's own arguments, e.g. {"eta": 1.0}
-                   **cond) -> Tuple[Tensor, int]:
+                   cond: Optional[Mapping[str, Tensor]] = None) -> Tuple[Tensor, int]:
     """Samples [shape] of x given x[mask] = y[mask], by replacement with `sampler` one grid interval
     at a time and, with resample > 1, RePaint's resampling (module docstring).
 
-    Every call is `get_sampler(sampler)(sde, score_fn, shape, steps=1, grid=grid[i:i+2], x_T=x,
-    generator=g, **sampler_options, **cond)` (DPM-Solver: `steps=order`, one update of full order;
-    DPM-Solver++(2S): `steps=2`), so a multistep sampler (dpmpp_2m, dpmpp_3m) loses its history at
+    The run is set up once (grid, prior draw, generator, the score with `cond` bound); each interval is
+    one call of the sampler's loop on grid[i:i+2] with `sampler_options` (DPM-Solver and DPM-Solver++(2S):
+    one update of full order), so a multistep sampler (dpmpp_2m, dpmpp_3m) loses its history at
     every interval and takes first-order steps; "ode" needs a fixed-step method
     (sampler_options={"method": "rk4"}); "adaptive" chooses its own times and is refused. The noise of
     the known part comes from the run's generator too, so `seed` fixes the samples. The result equals
@@ -105,7 +97,8 @@ def colorize_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[i
                     x_T: Optional[Tensor] = None, seed: Optional[int] = None,
                     generator: Optional[torch.Generator] = None, device=None, dtype=torch.float32,
                     callback: Optional[Callable[[dict], None]] = None, progress: bool = False,
-                    sampler_options: Optional[dict] = None, **cond) -> Tuple[Tensor, int]:
+                    sampler_options: Optional[dict] = None,
+                    cond: Optional[Mapping[str, Tensor]] = None) -> Tuple[Tensor, int]:
     """Samples [shape] = [B, 3, ...] of RGB x given its gray level mean(x[:, c], c) = gray, by
     replacement in u = Q^T x (Q = `colorization_basis()`, channel axis 1), where the gray level is the
     known coordinate u[:, 0] = sqrt(3) gray; then x = Q u. Arguments and nfe as `inpaint_sample`. The
@@ -133,21 +126,24 @@ def _replacement_loop(sde, score_fn, shape, y, mask, Q, *, sampler, steps, resam
     """The loop of `inpaint_sample` with the known coordinates those of u = Q^T x along axis 1 (Q None: x)."""
     resample, jump = check_positive_int(resample, "resample"), check_positive_int(jump, "jump")
     if grid is None or isinstance(grid, str):
-        steps = check_positive_int(steps, "steps (the number of grid intervals)")
-    times = get_grid(grid, sde, steps, check_eps(sde, eps), "uniform_t")
-    fn, options = _check_sampler(sampler, sampler_options, len(times) - 1)
+        times = get_grid(grid, sde, check_positive_int(steps, "steps (the number of grid intervals)"),
+                         check_eps(sde, eps), "uniform_t")
+    else:
+        times = check_grid(grid, sde)
+        if steps is not None and steps != len(times) - 1:
+            raise ValueError(f"steps = {steps!r} contradicts the grid of {len(times)} times; pass one of them")
+    info, options = _interval_sampler(sampler, sampler_options, len(times) - 1)
     g = make_generator(generator, seed, device)
-    x = sde.prior_sampling(shape, g, device, dtype) if x_T is None else x_T
-    if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"x_T has shape {tuple(x.shape)}, but shape is {tuple(shape)}")
+    x = start(sde, shape, x_T, g, device, dtype)
+    score = GuardedScore(score_fn, check_cond(score_fn, cond, x.shape[0]))
     times, y, mask = times.to(x.device), y.to(x.device, x.dtype), mask.to(x.device)
     Q = None if Q is None else Q.to(x.device, x.dtype)
-    B, n, nfe, info = x.shape[0], len(times) - 1, 0, {}
+    B, n, last_step = x.shape[0], len(times) - 1, {}
 
     def observed(t: Tensor) -> Tensor:
         # A fresh forward draw of the observation at time t: alpha(t) y + sigma(t) z.
         alpha, sigma = (append_dims(c.expand(B).to(x.dtype), x.ndim) for c in sde.marginal_coeffs(t))
-        return alpha * y + sigma * torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+        return alpha * y + sigma * noise_like(x, g)
 
     def replace(x: Tensor, known: Tensor) -> Tensor:
         # x with the known coordinates of u = Q^T x set to `known`.
@@ -155,30 +151,25 @@ def _replacement_loop(sde, score_fn, shape, y, mask, Q, *, sampler, steps, resam
         return u if Q is None else _along_channels(u, Q.T)
 
     x = replace(x, observed(times[0]))
-    for first in tqdm(range(0, n, jump), disable=not progress, desc=f"inpaint ({sampler})"):
-        last = min(first + jump, n)
-        for r in range(resample):
-            for i in range(first, last):
-                # One sampler step t_i -> t_{i+1} on the whole x, then the known part replaced.
-                x, k = fn(sde, score_fn, shape, steps=options["steps"], grid=times[i:i + 2], x_T=x, generator=g,
-                          callback=info.update, **options["kwargs"], **cond)
-                nfe += k
-                x = replace(x, observed(times[i + 1]))
-                if callback is not None:
+    with torch.no_grad():
+        for first in trange(0, n, jump, disable=not progress, desc=f"inpaint ({sampler})"):
+            last = min(first + jump, n)
+            for r in range(resample):
+                for i in range(first, last):
+                    # One sampler step t_i -> t_{i+1} on the whole x, then the known part replaced.
+                    x = replace(info.run(sde, score, x, times[i:i + 2], options, g, last_step.update), observed(times[i + 1]))
                     callback({"i": i, "t": float(times[i + 1]), "x": x, "x_mean": x,
-                              "denoised": info.get("denoised"), "resample": r})
-            if r < resample - 1:
-                # RePaint: back to t_first by the exact forward transition, to step this block again.
-                a, b = sde.transition_coeffs(times[first], times[last])
-                z = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
-                x = a.to(x.dtype) * x + b.to(x.dtype) * z
-    if denoise:
-        # Tweedie's E[x_0 | x] at the last time removes the noise left on the unknown part.
-        score, t = GuardedScore(score_fn, cond), times[n].expand(B)
-        x = denoised(sde, x, t, score(x, t.to(x.dtype)))
-        nfe += score.nfe
+                              "denoised": last_step.get("denoised"), "resample": r}) if callback else None
+                if r < resample - 1:
+                    # RePaint: back to t_first by the exact forward transition, to step this block again.
+                    a, b = sde.transition_coeffs(times[first], times[last])
+                    x = a.to(x.dtype) * x + b.to(x.dtype) * noise_like(x, g)
+        if denoise:
+            # Tweedie's E[x_0 | x] at the last time removes the noise left on the unknown part.
+            t = times[n].expand(B)
+            x = sde.tweedie(x, t, score(x, t.to(x.dtype)))
     check_finite(x, f"inpainting with {sampler!r}", n, times[n])
-    return replace(x, y), nfe  # the data are known: y itself
+    return replace(x, y), score.nfe  # the data are known: y itself
 
 
 def _along_channels(x: Tensor, Q: Tensor) -> Tensor:
@@ -204,36 +195,26 @@ def _check_observation(y, mask, shape) -> Tuple[Tensor, Tensor]:
     return y, mask
 
 
-def _check_sampler(name: str, options: Optional[dict], n: int) -> Tuple[Callable, dict]:
-    """The sampler and its arguments for one of n intervals: {"steps": calls that make one update, "kwargs"}."""
-    fn = get_sampler(name)  # a ValueError listing the registered samplers if unknown
-    if name in UNSUPPORTED:
-        raise ValueError(f"sampler {name!r} cannot run one grid interval at a time: {UNSUPPORTED[name]}; "
-                         f"use one of {', '.join(s for s in list_samplers() if s not in UNSUPPORTED)}")
+def _interval_sampler(name: str, options: Optional[dict], n: int) -> Tuple[Sampler, dict]:
+    """The sampler and its loop's options for one grid interval of n: a singlestep DPM-Solver makes one
+    update of full order, Heun's total churn is shared by the n one-interval calls."""
+    info = sampler_info(name)  # a ValueError listing the registered samplers if unknown
     options = dict(options or {})
-    taken = [k for k in options if k in _SET_BY_LOOP]
+    taken = [k for k in options if k in COMMON]
     if taken:
         raise ValueError(f"sampler_options must not set {taken[0]!r}: the inpainting loop sets "
-                         f"{', '.join(_SET_BY_LOOP)} (pass steps, grid, eps, ... to the loop itself)")
-    params = inspect.signature(fn).parameters
-    kwargs = dict(options, denoise=False) if "denoise" in params else dict(options)
-    steps = 1
-    if name == "dpm_solver":  # one singlestep update of full order per interval
-        steps = options.get("order", params["order"].default)
-        kwargs.setdefault("lower_order_final", False)
-    elif name == "dpmpp_2s":
-        steps = 2
-        kwargs.setdefault("lower_order_final", False)
-    elif name == "heun" and isinstance(options.get("s_churn"), (int, float)):
+                         f"{', '.join(COMMON)} (pass steps, grid, eps, ... to the loop itself)")
+    info.check_options(options)
+    if info.own_steps(options):
+        raise ValueError(f"sampler {name!r} with {options or 'its defaults'} chooses its own times, so it cannot "
+                         "run one grid interval at a time; use a fixed-step sampler ('ode' with "
+                         "sampler_options={'method': 'rk4'}, 'euler', 'midpoint', ...)")
+    if info.plan is not None:  # singlestep: one update of full order per interval
+        return info, info.plan(None, 1, {**options, "lower_order_final": False})[1]
+    if name == "heun" and isinstance(options.get("s_churn"), (int, float)):
         # EDM's s_churn is a total over the grid's n steps: each one-interval call gets its share.
-        kwargs["s_churn"] = options["s_churn"] / n
-    elif name == "ode":
-        method = options.get("method", params["method"].default)
-        if chooses_own_steps(method):
-            raise ValueError(f"sampler 'ode' needs a fixed-step method here (sampler_options={{'method': 'rk4'}}, "
-                             f"'euler', 'midpoint', ...): the loop steps it one grid interval at a time; "
-                             f"got method={method!r}")
-    return fn, {"steps": steps, "kwargs": kwargs}
+        options["s_churn"] = options["s_churn"] / n
+    return info, options
 
 
 # ----- thresholding ---------------------------------------------------------------------------------
@@ -269,9 +250,7 @@ def thresholded_score(sde: SDE, score_fn: Callable[..., Tensor], percentile: flo
         alpha, sigma = sde.marginal_coeffs(torch.as_tensor(t, dtype=torch.float64, device=x.device))
         return s + append_dims((alpha / sigma ** 2).to(x.dtype), x.ndim) * (threshold_x0(x0, p, static) - x0)
 
-    keys = _cond_keys(score_fn)
-    if keys is not None:  # lets the samplers refuse conditioning score_fn cannot take, before any call
-        thresholded.cond_keys = keys
+    thresholded.cond_keys = cond_keys(score_fn)  # what score_fn takes, for the samplers' one check
     return thresholded
 
 
@@ -290,17 +269,3 @@ def _check_percentile(p) -> float:
         raise ValueError(f"percentile must be a quantile level in (0, 1] (Imagen: 0.995; 1 is the largest |x0|), "
                          f"got {p!r}")
     return float(p)
-
-
-def _cond_keys(score_fn) -> Optional[tuple]:
-    """The conditioning keys score_fn takes, or None where it takes any (**kwargs) or cannot be read."""
-    keys = getattr(score_fn, "cond_keys", None)
-    if keys is not None:
-        return tuple(keys)
-    try:
-        params = list(inspect.signature(score_fn).parameters.values())
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind == p.VAR_KEYWORD for p in params):
-        return None
-    return tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))[2:]

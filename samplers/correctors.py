@@ -13,8 +13,9 @@ from typing import Optional
 import torch
 
 from sde_lib import SDE, append_dims
-from score_toolkit.checks import check_one_of, check_positive
-from score_toolkit.registry import Registry
+from samplers.base import noise_like
+from sde_lib.checks import check_one_of, check_positive
+from sde_lib.registry import Registry
 
 Tensor = torch.Tensor
 _CORRECTORS = Registry("corrector")
@@ -53,7 +54,7 @@ class Corrector(abc.ABC):
         t_net = t.to(x.dtype)
         for _ in range(self.n_steps):
             grad = self.score_fn(x, t_net)
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            z = noise_like(x, generator)
             e = append_dims(self.step_size(grad, z, t, t_next).to(x.dtype), x.ndim)
             x_mean = torch.addcmul(x, e, grad)
             x = torch.addcmul(x_mean, (2 * e).sqrt(), z)

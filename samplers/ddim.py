@@ -18,19 +18,19 @@ Only alpha(t), sigma(t) and the transition are used, so VP, sub-VP and VE need n
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Optional
 
 import torch
-from tqdm.auto import tqdm
+from tqdm.auto import trange
 
 from sde_lib import SDE
-from samplers.base import coeff, denoised, noise_estimate, register_sampler, start
+from sde_lib.checks import check_nonnegative, check_positive_int
+from samplers.base import at, coeff, ignore, noise_estimate, noise_like, sampler
 from samplers.grids import register_grid
-from samplers.guards import check_eps, check_finite, check_positive_int
+from samplers.guards import check_eps
 
 Tensor = torch.Tensor
-__all__ = ["ddim_sample", "ddpm_strided_grid"]
+__all__ = ["ddim_loop", "ddim_sample", "ddpm_strided_grid"]
 
 
 @register_grid("ddpm_strided")
@@ -59,53 +59,35 @@ def ddpm_strided_grid(sde: SDE, steps: int, eps: Optional[float] = None) -> Tens
     return t
 
 
-@register_sampler("ddim")
-def ddim_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
-                steps: int,                               # time steps = score calls (+1 with denoise)
-                eta: float = 0.0,                         # 0: deterministic ODE step; 1: ancestral
-                denoise: bool = False,                    # final Tweedie step at the last time (1 NFE)
-                grid=None,                                # a grid name or times; default uniform_t
-                eps: Optional[float] = None,              # last time; default sde.sampling_eps
-                x_T: Optional[Tensor] = None,             # start here instead of a prior sample
-                seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                device=None, dtype=torch.float32,
-                callback: Optional[Callable[[dict], None]] = None,
-                progress: bool = False, **cond) -> Tuple[Tensor, int]:
-    """DDIM samples [shape] from T down to the grid's last time, one score call per step.
+def ddim_loop(sde: SDE, score, x: Tensor, grid: Tensor, *,
+              eta: float = 0.0,                         # 0: deterministic ODE step; 1: ancestral
+              generator: Optional[torch.Generator] = None, callback=ignore, progress: bool = False) -> Tensor:
+    """DDIM from grid[0] down to grid[n], one score call per step (module docstring):
 
-    x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z with c = eta b sigma_s / sigma_t (module
-    docstring). With eta > 0 every step draws one fresh N(0, I), the last one included, in the order
-    of `pc_sample(predictor="ancestral_sampling", corrector="none")`, so eta = 1 gives its samples for
-    the same seed and grid. nfe = steps (+1 with denoise; a grid of explicit times: its steps).
-    `callback` receives {i, t (the new time, a float), x, x_mean, denoised} after every step.
+        x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z,   c = eta b sigma_s / sigma_t.
+
+    With eta > 0 every step draws one fresh N(0, I), the last one included, in the order of
+    `pc_sample(predictor="ancestral_sampling", corrector="none")`, so eta = 1 gives its samples for the
+    same seed and grid. `callback` receives {i, t (the new time), x, x_mean, denoised} after every step.
     """
-    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
-        raise ValueError(f"eta must be a finite number >= 0 (0: deterministic DDIM, 1: ancestral), got {eta!r}")
-    run = start(sde, score_fn, shape, steps=steps, grid=grid, eps=eps, x_T=x_T, seed=seed, generator=generator,
-                device=device, dtype=dtype, cond=cond, default_grid="uniform_t")
-    _check_eta_fits(sde, run.grid, eta)
-    x, score = run.x, run.score
-    n = len(run.grid) - 1
-    for i in tqdm(range(n), disable=not progress, desc="ddim_sample"):
-        t, s = run.times(i), run.times(i + 1)
-        score.step = i
+    check_nonnegative(eta, "eta", " (0: deterministic DDIM, 1: ancestral)")
+    _check_eta_fits(sde, grid, eta)
+    for i in trange(len(grid) - 1, disable=not progress, desc="ddim_sample"):
+        t, s = at(grid, i, x), at(grid, i + 1, x)
         # The model's clean-data and noise estimates at (x_t, t), from one score call.
         sc = score(x, t.to(x.dtype))
-        x0, e = denoised(sde, x, t, sc), noise_estimate(sde, t, sc)
+        x0, e = sde.tweedie(x, t, sc), noise_estimate(sde, t, sc)
         # eta times the std of the ancestral posterior q(x_s | x_t, x_0); the rest of sigma_s^2
         # goes to the model's own noise, so x_s keeps the marginal std sigma_s.
         alpha_s, sigma_s = sde.marginal_coeffs(s)
         c = eta * sde.transition_coeffs(t, s)[1] * sigma_s / sde.marginal_coeffs(t)[1]
         x_mean = torch.addcmul(coeff(alpha_s, x) * x0, coeff((sigma_s ** 2 - c ** 2).clamp_min(0).sqrt(), x), e)
-        x = torch.addcmul(x_mean, coeff(c, x), run.noise()) if eta > 0 else x_mean
-        check_finite(x, "ddim", i, s)
-        if callback is not None:
-            callback({"i": i, "t": s, "x": x, "x_mean": x_mean, "denoised": x0})
-    if denoise:
-        # Tweedie's E[x_0 | x] at the last time removes the noise left there.
-        score.step = n
-        x = denoised(sde, x, run.times(n), score(x, run.times(n).to(x.dtype)))
-    return x, score.nfe
+        x = torch.addcmul(x_mean, coeff(c, x), noise_like(x, generator)) if eta > 0 else x_mean
+        callback({"i": i, "t": s, "x": x, "x_mean": x_mean, "denoised": x0})
+    return x
+
+
+ddim_sample = sampler("ddim", ddim_loop, default_grid="uniform_t")
 
 
 def _check_eta_fits(sde: SDE, grid: Tensor, eta: float) -> None:

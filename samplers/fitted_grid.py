@@ -22,21 +22,19 @@ fitted a grid as good on new draws as on the pilot, while 256 draws overfitted i
 """
 from __future__ import annotations
 
-import inspect
 import math
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from scipy.optimize import minimize
 
-from sde_lib import SDE
-from samplers.base import get_sampler
+from sde_lib import SDE, GaussianMixture
+from sde_lib.checks import check_cond, check_positive_int
+from samplers.base import get_sampler, sampler_info
 from samplers.grids import check_grid, get_grid
 from samplers.guards import check_eps
-from samplers.ode import chooses_own_steps, solve_flow
-from score_toolkit.analytic import GaussianMixture
-from score_toolkit.checks import check_positive_int
+from samplers.ode import solve_flow
 
 Tensor = torch.Tensor
 __all__ = ["fit_grid", "endpoint_error"]
@@ -60,12 +58,12 @@ def fit_grid(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
              max_evals: Optional[int] = None,           # sampler runs; default 100 * steps
              ref_tol: float = 1e-6,                     # rtol = atol of the reference solve
              seed: int = 0, device=None, dtype=torch.float32,
-             **cond) -> Tuple[Tensor, Dict[str, float]]:
+             cond: Optional[Mapping[str, Tensor]] = None) -> Tuple[Tensor, Dict[str, float]]:
     """The fitted grid: float64 times [steps + 1] from T down to eps, for `grid=` of `sampler`, and
     what the fit did: {"pilot_error_initial", "pilot_error" (E of the init and fitted grids),
     "evals" (sampler runs), "network_calls" (score calls, each on the whole pilot batch), "n_pilot"}.
     shape = (B, ...) is the pilot batch, drawn from the prior with `seed` and run as one batch;
-    `cond` (e.g. y=[B] labels) goes to every score call. Every argument is checked, and the sampler
+    `cond` (e.g. {"y": labels [B]}) goes to every score call. Every argument is checked, and the sampler
     probed for determinism, before the first network call."""
     steps = check_positive_int(steps, "steps")
     max_evals = check_positive_int(100 * steps if max_evals is None else max_evals, "max_evals")
@@ -74,6 +72,7 @@ def fit_grid(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
     if not (isinstance(ref_tol, (int, float)) and 0 < ref_tol < 1):
         raise ValueError(f"ref_tol must be in (0, 1), got {ref_tol!r}")
     eps = check_eps(sde, eps)
+    cond = check_cond(score_fn, cond, shape[0])
     kwargs = dict(sampler_kwargs or {})
     run = check_fittable(sampler, kwargs, sde)
     start = get_grid(init, sde, steps, eps, "uniform_log_snr")
@@ -83,7 +82,7 @@ def fit_grid(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
     # The pilot draws and their converged flow endpoints Phi(x_T), the target of every sampler run.
     calls = 0  # network calls so far
     x_T = sde.prior_sampling(tuple(shape), torch.Generator(device or "cpu").manual_seed(seed), device, dtype)
-    ref, calls = solve_flow(sde, score_fn, x_T, sde.T, eps, rtol=ref_tol, atol=ref_tol, **cond)
+    ref, calls = solve_flow(sde, score_fn, x_T, sde.T, eps, rtol=ref_tol, atol=ref_tol, cond=cond)
     # w in R^n -> a grid: increments softmax(w) of the log-SNR path from lambda(T) to lambda(eps).
     lam_T, lam_eps = (float(v) for v in sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)))
 
@@ -96,8 +95,8 @@ def fit_grid(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
     def error(w: np.ndarray) -> float:  # E of the grid of w
         nonlocal calls
         try:
-            x, nfe = run(sde, score_fn, x_T.shape, steps=steps, grid=check_grid(grid_of(w), sde), x_T=x_T,
-                       device=device, dtype=dtype, **kwargs, **cond)
+            x, nfe = run(sde, score_fn, x_T.shape, grid=check_grid(grid_of(w), sde), x_T=x_T, device=device,
+                         dtype=dtype, cond=cond, **kwargs)
         except (ValueError, FloatingPointError):  # times too close to tell apart, or a blown-up step
             return _FAILED
         calls += nfe
@@ -121,14 +120,10 @@ def check_fittable(name: str, kwargs: dict, sde: SDE) -> Callable:
     own steps) and is a function of x_T (two seeds give the same samples on 1-D Gaussian data, whose
     score is known without a network). A ValueError naming `sampler` otherwise."""
     fn = get_sampler(name)
-    if name == "ode":
-        if chooses_own_steps(kwargs.get("method", "dopri5")):
-            raise ValueError(f"sampler 'ode' with method {kwargs.get('method', 'dopri5')!r} chooses its own steps; "
-                             "pass a fixed-step method, e.g. sampler_kwargs={'method': 'rk4'}")
-    elif "rtol" in inspect.signature(fn).parameters:
-        raise ValueError(f"sampler {name!r} chooses its own steps, so it has no grid to fit; fit the grid of a "
-                         "fixed-step sampler (unipc, dpmpp_2m, ddim, heun, ode with method='rk4', ...)")
-
+    if sampler_info(name).own_steps(kwargs):
+        raise ValueError(f"sampler {name!r} with {kwargs or 'its defaults'} chooses its own steps, so it has no "
+                         "grid to fit; fit the grid of a fixed-step sampler (unipc, dpmpp_2m, ddim, heun, ode with "
+                         "method='rk4', ...)")
     gaussian = GaussianMixture([1.0], [[0.0]], [[1.0]]).score_fn(sde)  # exact, and no network
     x_T = torch.ones(2, 1, dtype=torch.float64)
     a, b = (fn(sde, gaussian, (2, 1), steps=2, x_T=x_T, seed=seed, dtype=torch.float64, **kwargs)[0]

@@ -15,8 +15,8 @@ from typing import Union
 import torch
 
 from sde_lib import SDE
-from score_toolkit.checks import check_positive
-from score_toolkit.registry import Registry
+from sde_lib.checks import check_positive
+from sde_lib.registry import Registry
 
 Tensor = torch.Tensor
 _GRIDS = Registry("grid")
@@ -66,10 +66,6 @@ def karras(sde: SDE, steps: int, eps: float, rho: float = 7.0) -> Tensor:
 def quadratic(sde: SDE, steps: int, eps: float) -> Tensor:
     """t_i = eps + (T - eps) u_i^2 with u_i uniform: finer steps near the data, as DDIM's quadratic skip."""
     return eps + (sde.T - eps) * _u(steps) ** 2
-
-
-# Alias kept for research code written against the first release.
-uniform_grid = uniform_t
 
 
 def _ends(sde: SDE, eps: float) -> Tensor:

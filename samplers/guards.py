@@ -1,17 +1,16 @@
-"""Argument checks and the guarded, counted score function every sampler calls."""
+"""The sampler-side argument checks (eps, finiteness, generators) and the guarded, counted score
+function every sampler calls."""
 from __future__ import annotations
 
-import inspect
 from typing import Optional
 
 import torch
 
 from sde_lib import SDE
-from score_toolkit.checks import check_one_of, check_open_interval, check_positive, check_positive_int  # noqa: F401
+from sde_lib.checks import check_open_interval
 
 Tensor = torch.Tensor
-__all__ = ["check_eps", "check_one_of", "check_open_interval", "check_positive", "check_positive_int",
-           "check_finite", "check_cond", "make_generator", "GuardedScore"]
+__all__ = ["check_eps", "check_finite", "make_generator", "GuardedScore"]
 
 
 def check_eps(sde: SDE, eps, name: str = "eps") -> float:
@@ -43,55 +42,22 @@ def make_generator(generator, seed, device=None):
     return g
 
 
-def check_cond(score_fn, cond: dict) -> dict:
-    """Refuse conditioning keys that `score_fn` cannot take, before any score call.
-
-    A callable taking `**kwargs` takes every key; one with named keyword parameters takes those.
-    """
-    if not cond:
-        return {}
-    taken = getattr(score_fn, "cond_keys", None)  # a model wrapper says what its network takes
-    if taken is None:
-        try:
-            params = inspect.signature(score_fn).parameters.values()
-        except (TypeError, ValueError):  # a builtin or C callable: let the call decide
-            return dict(cond)
-        if any(p.kind == p.VAR_KEYWORD for p in params):
-            return dict(cond)
-        taken = tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))[2:]
-    unknown = sorted(set(cond) - set(taken))
-    if unknown:
-        raise TypeError(f"conditioning argument {unknown[0]!r} is not taken by the score function "
-                        f"{getattr(score_fn, '__name__', type(score_fn).__name__)}; it takes "
-                        f"{sorted(taken) if taken else 'no conditioning'} (or check the sampler's argument names)")
-    return dict(cond)
-
-
 class GuardedScore:
-    """Wraps `score_fn(x, t, **cond)` as `score(x, t)` with the conditioning bound: counts real
-    calls (NFE), checks the output's shape and finiteness.
-
-    `step` is set by the sampling loop, so an error names the step as well as t.
-    """
+    """`score_fn(x, t, **cond)` as `score(x, t)` with its conditioning bound (checked by the caller,
+    `sde_lib.checks.check_cond`): counts the real calls (`nfe`) and checks each output's shape and
+    finiteness, naming the call and t."""
 
     def __init__(self, score_fn, cond: Optional[dict] = None):
         if not callable(score_fn):
             raise TypeError(f"score_fn must be callable as score_fn(x, t, **cond), got {type(score_fn).__name__}")
-        if isinstance(score_fn, GuardedScore):  # already guarded: guard its function, not the guard
-            score_fn, cond = score_fn.score_fn, {**score_fn.cond, **(cond or {})}
-        self.score_fn, self.cond, self.nfe, self.step = score_fn, check_cond(score_fn, cond or {}), 0, None
-
-    def where(self) -> str:
-        """Where an error happened: the sampler's step, or for solvers that choose their own steps
-        (torchdiffeq's ODE solvers), the number of the score call."""
-        return f"step {self.step}" if self.step is not None else f"score call {self.nfe}"
+        self.score_fn, self.cond, self.nfe = score_fn, dict(cond or {}), 0
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.nfe += 1
         s = self.score_fn(x, t, **self.cond)
         if not torch.is_tensor(s) or s.shape != x.shape:
             got = tuple(s.shape) if torch.is_tensor(s) else type(s).__name__
-            raise ValueError(f"score_fn returned {got} for x of shape {tuple(x.shape)} "
-                             f"at {self.where()}, t={float(t.reshape(-1)[0]):.6g}; it must return x's shape")
-        check_finite(s, "score_fn", self.where(), t)
+            raise ValueError(f"score_fn returned {got} for x of shape {tuple(x.shape)} at score call "
+                             f"{self.nfe}, t={float(t.reshape(-1)[0]):.6g}; it must return x's shape")
+        check_finite(s, "score_fn", f"score call {self.nfe}", t)
         return s

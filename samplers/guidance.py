@@ -16,51 +16,34 @@ p(y | x_t, t) to an unconditional score:
 By Bayes, grad log p_t(x | y) = grad log p_t(x) + grad log p_t(y | x), so c = 1 with the exact
 classifier gives the exact class-conditional score; c > 1 sharpens the class.
 
-Both return a `score_fn(x, t, y, **cond)`: pass the labels to any sampler as `y=labels` (int64 [B]).
+Both return a `score_fn(x, t, y, **cond)`: pass the labels to any sampler as `cond={"y": labels}` (int64 [B]).
 Samplers run without autograd; the classifier's gradient turns it on inside with `torch.enable_grad()`.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import torch
 
-from samplers.guards import check_cond
+from sde_lib.checks import check_labels, check_nonnegative, cond_keys
 
 Tensor = torch.Tensor
-__all__ = ["cfg_score", "classifier_guided_score", "classifier_gradient", "check_labels"]
+__all__ = ["cfg_score", "classifier_guided_score", "classifier_gradient"]
 
 
-def _check_scale(value, name: str) -> float:
-    """`value` as a float if it is a finite number >= 0 (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+def _twice(v: Optional[Tensor]) -> Optional[Tensor]:
+    """A per-sample tensor [B, ...] stacked on itself [2 B, ...] (None stays None)."""
+    return None if v is None else torch.cat([v, v])
 
 
-def check_labels(y, batch: int, num_classes: Optional[int], what: str = "") -> Tensor:
-    """`y` as an integer tensor [batch] if every label lies in [0, num_classes); else ValueError
-    naming `y`, the first bad value and what is allowed (`what` adds to the allowed range)."""
-    allowed = f"integer class labels in [0, {num_classes or 'K'}){what}, one per sample (shape [{batch}])"
-    if y is None:
-        raise ValueError(f"y is required: pass {allowed} to the sampler as y=labels")
-    if not torch.is_tensor(y) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise ValueError(f"y must be {allowed}; got {type(y).__name__ if not torch.is_tensor(y) else y.dtype}")
-    if tuple(y.shape) != (batch,):
-        raise ValueError(f"y must be {allowed}; got shape {tuple(y.shape)}")
-    bad = (y < 0) | (y >= num_classes)
-    if bad.any():
-        i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"y must be {allowed}; got y[{i}] = {int(y[i])}")
-    return y
-
-
-def _twice(v, batch: int):
-    """A per-sample tensor [batch, ...] stacked on itself [2 batch, ...]; anything else unchanged."""
-    if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == batch:
-        return torch.cat([v, v])
-    return v
+def _with_y(keys: Optional[tuple], fn_name: str, needs_y: bool) -> Optional[tuple]:
+    """The conditioning a guided score takes: y and the rest of what the guided score_fn takes."""
+    if keys is None:
+        return None
+    if needs_y and "y" not in keys:
+        raise ValueError(f"classifier-free guidance needs a class-conditional score_fn, but {fn_name} takes "
+                         f"{sorted(keys) or 'no conditioning'} (no y)")
+    return ("y",) + tuple(k for k in keys if k != "y")
 
 
 def cfg_score(score_fn: Callable[..., Tensor], guidance_scale: float, null_label: int) -> Callable[..., Tensor]:
@@ -72,10 +55,10 @@ def cfg_score(score_fn: Callable[..., Tensor], guidance_scale: float, null_label
       guidance_scale: w >= 0; w = 0 is the plain conditional score (one un-doubled call).
       null_label: the unconditional label (the number of classes K for networks here).
     Each call of score_fn' is ONE call of score_fn on the doubled batch [x; x] with labels [y; null]
-    (per-sample tensors in `cond`, those whose first dimension is B, are doubled too). Labels are
-    checked against [0, null_label) before the network sees them, whenever a new label tensor arrives.
+    (the other conditioning tensors, [B, ...] each, are doubled too). Labels are checked against
+    [0, null_label) before the network sees them, whenever a new label tensor arrives.
     """
-    w = _check_scale(guidance_scale, "guidance_scale")
+    w = check_nonnegative(guidance_scale, "guidance_scale")
     if isinstance(null_label, bool) or not isinstance(null_label, int) or null_label < 1:
         raise ValueError(f"null_label must be an int >= 1 (the number of classes), got {null_label!r}")
     checked = [None]  # the last label tensor that passed the check (samplers bind one for a whole run)
@@ -84,18 +67,18 @@ def cfg_score(score_fn: Callable[..., Tensor], guidance_scale: float, null_label
         B = x.shape[0]
         if y is None or y is not checked[0]:
             check_labels(y, B, null_label, f" (the null label {null_label} is added by the guidance)")
-            check_cond(score_fn, {"y": y, **cond})
             checked[0] = y
         if w == 0:
             return score_fn(x, t, y=y, **cond)
         # One network call on the doubled batch: the conditional half, then the unconditional one.
         null = torch.full_like(y, null_label)
-        both = score_fn(torch.cat([x, x]), _twice(t, B), y=torch.cat([y, null]),
-                        **{k: _twice(v, B) for k, v in cond.items()})
+        t2 = torch.cat([t, t]) if torch.is_tensor(t) and t.ndim else t
+        both = score_fn(torch.cat([x, x]), t2, y=torch.cat([y, null]), **{k: _twice(v) for k, v in cond.items()})
         s_y, s_null = both[:B], both[B:]
         return s_y + w * (s_y - s_null)  # = (1 + w) s_y - w s_null
 
     guided.guidance_scale, guided.null_label = w, null_label
+    guided.cond_keys = _with_y(cond_keys(score_fn), getattr(score_fn, "__name__", type(score_fn).__name__), True)
     return guided
 
 
@@ -131,7 +114,7 @@ def classifier_guided_score(score_fn: Callable[..., Tensor], classifier_fn: Call
         where it has one, else labels are checked against the logits' width, before the score call.
     Costs one score call, one classifier forward and one backward per call.
     """
-    scale = _check_scale(scale, "scale")
+    scale = check_nonnegative(scale, "scale")
     K = num_classes if num_classes is not None else getattr(classifier_fn, "num_classes", None)
     if K is not None and (isinstance(K, bool) or not isinstance(K, int) or K < 1):
         raise ValueError(f"num_classes must be a positive integer, got {K!r}")
@@ -141,7 +124,6 @@ def classifier_guided_score(score_fn: Callable[..., Tensor], classifier_fn: Call
         if y is None or y is not checked[0]:
             if y is None or K is not None:
                 check_labels(y, x.shape[0], K)
-            check_cond(score_fn, cond)
             checked[0] = y
         if scale == 0:
             return score_fn(x, t, **cond)
@@ -149,4 +131,5 @@ def classifier_guided_score(score_fn: Callable[..., Tensor], classifier_fn: Call
         return score_fn(x, t, **cond) + scale * grad.to(x.dtype)
 
     guided.scale = scale
+    guided.cond_keys = _with_y(cond_keys(score_fn), "", False)
     return guided

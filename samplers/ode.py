@@ -8,18 +8,18 @@ data, and from eps to T maps data to latents, deterministically. Solved with tor
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Mapping, Optional, Tuple
 
 import torch
 from torchdiffeq import odeint
 
 from sde_lib import SDE
-from samplers.guards import GuardedScore, check_eps, check_finite, check_positive_int, make_generator
-from samplers.base import register_sampler
-from samplers.grids import get_grid
-from samplers.pc import tweedie_denoise
+from sde_lib.checks import check_cond, check_positive_int
+from samplers.base import ignore, sampler
+from samplers.guards import GuardedScore, check_finite
 
 Tensor = torch.Tensor
+__all__ = ["ode_loop", "ode_sample", "solve_flow", "ode_methods", "chooses_own_steps"]
 ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
 
 
@@ -33,11 +33,16 @@ def ode_methods() -> list:
     return sorted(importlib.import_module("torchdiffeq._impl.odeint").SOLVERS)
 
 
-def solver_options(method: str, steps: Optional[int], t0: float, t1: float) -> dict:
-    """torchdiffeq options: fixed-step methods take `steps` equal steps between t0 and t1."""
+def check_method(method: str) -> str:
+    """`method` if torchdiffeq has it, else a ValueError listing its methods."""
     if method not in ode_methods():
         raise ValueError(f"unknown ODE method {method!r}; torchdiffeq methods: {', '.join(ode_methods())}")
-    if method == "scipy_solver":
+    return method
+
+
+def solver_options(method: str, steps: Optional[int], t0: float, t1: float) -> dict:
+    """torchdiffeq options: fixed-step methods take `steps` equal steps between t0 and t1."""
+    if check_method(method) == "scipy_solver":
         return {}
     if method in ADAPTIVE:
         # Adaptive steps may otherwise overshoot t1 and interpolate back, evaluating the score
@@ -63,57 +68,42 @@ def flow_drift(sde: SDE, score_fn, t_lo: float, t_hi: float) -> Callable[[Tensor
 
 def solve_flow(sde: SDE, score_fn, x: Tensor, t0: float, t1: float, *, rtol: float = 1e-5,
                atol: float = 1e-5, method: str = "dopri5", steps: Optional[int] = None,
-               grid: Optional[Tensor] = None, **cond) -> Tuple[Tensor, int]:
-    """Integrate the probability-flow ODE from time t0 to t1 starting at x. Returns (x(t1), nfe).
+               grid: Optional[Tensor] = None, cond: Optional[Mapping[str, Tensor]] = None) -> Tuple[Tensor, int]:
+    """Integrate the probability-flow ODE from time t0 to t1 starting at x [B, ...]. Returns (x(t1), nfe).
 
-    A fixed-step method takes `steps` equal steps, or the times of `grid` (from t0 to t1) when given.
+    A fixed-step method takes `steps` equal steps, or the times of `grid` (from t0 to t1) when given;
+    `cond` goes to every score call. score_fn may be a `GuardedScore` (its conditioning bound).
     """
-    score = score_fn if isinstance(score_fn, GuardedScore) and not cond else GuardedScore(score_fn, cond)
+    score = score_fn if isinstance(score_fn, GuardedScore) else GuardedScore(score_fn, check_cond(score_fn, cond, len(x)))
     if grid is not None and not chooses_own_steps(method):
         options, ts = {}, grid.to(device=x.device, dtype=x.dtype)
     else:
         options = solver_options(method, steps, t0, t1)
         ts = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
     with torch.no_grad():
-        out = odeint(flow_drift(sde, score, min(t0, t1), max(t0, t1)), x, ts, rtol=rtol, atol=atol, method=method, options=options)[-1]
+        drift = flow_drift(sde, score, min(t0, t1), max(t0, t1))
+        out = odeint(drift, x, ts, rtol=rtol, atol=atol, method=method, options=options)[-1]
     check_finite(out, f"ODE solver {method!r}", f"the end, after {score.nfe} score calls", ts[-1])
     return out, score.nfe
 
 
-@register_sampler("ode")
-def ode_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
-               rtol: float = 1e-5, atol: float = 1e-5,  # tolerances of adaptive methods
-               eps: Optional[float] = None,              # last time; default sde.sampling_eps
-               method: str = "dopri5",                   # any torchdiffeq method (ode_methods())
-               steps: Optional[int] = None,              # number of steps of a fixed-step method
-               grid=None,                                # a fixed-step method's grid: a name or times
-               denoise: bool = False,                    # final Tweedie step at eps (1 NFE)
-               x_T: Optional[Tensor] = None,
-               generator: Optional[torch.Generator] = None, seed: Optional[int] = None,
-               device=None, dtype=torch.float32, callback=None, progress: bool = False,
-               **cond) -> Tuple[Tensor, int]:
-    """Samples [shape] by integrating the probability-flow ODE from a prior draw at T to eps.
-
-    Adaptive methods (dopri5, ...) choose their own steps; fixed-step ones (euler, rk4, ...) take
-    `steps` steps on `grid` (default uniform in t). Returns (samples, nfe). Deterministic given the
-    prior draw, so `seed` fixes the samples. `callback` receives {t, x} once, at the end.
+def ode_loop(sde: SDE, score, x: Tensor, grid: Tensor, *,
+             method: str = "dopri5",                   # any torchdiffeq method (ode_methods())
+             rtol: float = 1e-5, atol: float = 1e-5,   # tolerances of adaptive methods
+             callback=ignore) -> Tensor:
+    """The probability-flow ODE from grid[0] to grid[n]: adaptive methods (dopri5, ...) choose their own
+    steps between the ends (`ode_sample` then takes no steps or grid); fixed-step ones (euler, rk4, ...)
+    step along the grid (`ode_sample`: `steps` steps, default grid uniform in t). Deterministic given
+    x_T. `callback` receives {i: 0, t, x} once, at the end.
     """
-    eps = check_eps(sde, eps)
-    times = None
-    if grid is not None:
-        if chooses_own_steps(method):
-            raise ValueError(f"grid applies to fixed-step ODE methods; method={method!r} chooses its own steps")
-        times = get_grid(grid, sde, check_positive_int(steps, "steps") if isinstance(grid, str) else 1, eps)
-        eps = float(times[-1])
-    elif method not in ADAPTIVE:
-        solver_options(method, steps, sde.T, eps)  # checks steps before any score call
-    score = GuardedScore(score_fn, cond)
-    generator = make_generator(generator, seed, device)
-    x = sde.prior_sampling(shape, generator, device, dtype) if x_T is None else x_T
-    x, _ = solve_flow(sde, score, x, float(times[0]) if times is not None else sde.T, eps, rtol=rtol, atol=atol,
-                      method=method, steps=steps, grid=times)
-    if denoise:
-        x = tweedie_denoise(sde, score, x, torch.full((x.shape[0],), eps, dtype=torch.float64, device=x.device))
-    if callback is not None:
-        callback({"i": 0, "t": torch.full((x.shape[0],), eps, dtype=torch.float64), "x": x, "x_mean": x})
-    return x, score.nfe
+    t0, t1 = float(grid[0]), float(grid[-1])
+    x, _ = solve_flow(sde, score, x, t0, t1, rtol=rtol, atol=atol, method=method, grid=grid)
+    callback({"i": 0, "t": grid[-1].expand(x.shape[0]), "x": x})
+    return x
+
+
+def _chooses_own_steps(options: dict) -> bool:
+    return chooses_own_steps(check_method(options.get("method", "dopri5")))
+
+
+ode_sample = sampler("ode", ode_loop, own_steps=_chooses_own_steps)

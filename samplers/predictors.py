@@ -7,13 +7,13 @@ tensors [B]. Every predictor makes exactly one score call per step ('none' makes
 from __future__ import annotations
 
 import abc
-from typing import Optional
+
 
 import torch
 
 from sde_lib import SDE
-from samplers.base import coeff
-from score_toolkit.registry import Registry
+from sde_lib.registry import Registry
+from samplers.base import coeff, noise_like
 
 Tensor = torch.Tensor
 _PREDICTORS = Registry("predictor")
@@ -31,10 +31,6 @@ def get_predictor(name: str):
 
 def list_predictors() -> list:
     return _PREDICTORS.names()
-
-
-def _noise(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 class Predictor(abc.ABC):
@@ -57,7 +53,7 @@ class EulerMaruyamaPredictor(Predictor):
         x_mean = torch.addcmul(x, drift, coeff(dt, x))
         if self.probability_flow:
             return x_mean, x_mean
-        return torch.addcmul(x_mean, coeff(g * (-dt).sqrt(), x), _noise(x, generator)), x_mean
+        return torch.addcmul(x_mean, coeff(g * (-dt).sqrt(), x), noise_like(x, generator)), x_mean
 
 
 @register_predictor(name="reverse_diffusion")
@@ -72,7 +68,7 @@ class ReverseDiffusionPredictor(Predictor):
         x_mean = x - rev_f
         if self.probability_flow:
             return x_mean, x_mean
-        return torch.addcmul(x_mean, coeff(G, x), _noise(x, generator)), x_mean
+        return torch.addcmul(x_mean, coeff(G, x), noise_like(x, generator)), x_mean
 
 
 @register_predictor(name="ancestral_sampling")
@@ -98,7 +94,7 @@ class AncestralSamplingPredictor(Predictor):
         x0 = self.sde.tweedie(x, t, self.score_fn(x, t.to(x.dtype)))
         alpha_s = self.sde.marginal_coeffs(t_next)[0]
         x_mean = torch.addcmul(coeff(a * (sigma_s / sigma_t) ** 2, x) * x, coeff(alpha_s * (b / sigma_t) ** 2, x), x0)
-        return torch.addcmul(x_mean, coeff(b * sigma_s / sigma_t, x), _noise(x, generator)), x_mean
+        return torch.addcmul(x_mean, coeff(b * sigma_s / sigma_t, x), noise_like(x, generator)), x_mean
 
 
 @register_predictor(name="none")

@@ -31,18 +31,18 @@ One score call per step (none after the last step, which takes no corrector): nf
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
-from tqdm.auto import tqdm
+from tqdm.auto import trange
 
 from sde_lib import SDE
-from samplers.base import after_step, check_order, coeff, denoised, finish, register_sampler, start
+from sde_lib.checks import check_one_of
+from samplers.base import at, check_order, coeff, ignore, sampler
 from samplers.dpm_solver import data_step
-from samplers.guards import check_one_of
 
 Tensor = torch.Tensor
-__all__ = ["unipc_sample", "unipc_update", "UNIPC_VARIANTS"]
+__all__ = ["unipc_loop", "unipc_sample", "unipc_update", "UNIPC_VARIANTS"]
 
 UNIPC_VARIANTS = ("bh1", "bh2")
 
@@ -82,22 +82,16 @@ def unipc_update(sde: SDE, x: Tensor, times: List[Tensor], preds: List[Tensor], 
     return x_t - coeff(alpha_t * B_h, x) * sum(coeff(rho[:, m], x) * D_m for m, D_m in enumerate(D))
 
 
-@register_sampler("unipc")
-def unipc_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
-                 steps: int,                               # steps = score calls (NFE)
-                 order: int = 2,                           # 1, 2 or 3: UniP-order with UniC, order + 1 in all
-                 variant: str = "bh2",                     # B(h): "bh2" (e^h - 1) or "bh1" (h)
-                 lower_order_final: bool = True,           # orders ..., 2, 1 on the last steps, any steps
-                 denoise: bool = False, grid=None, eps: Optional[float] = None,
-                 x_T: Optional[Tensor] = None, seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None, device=None, dtype=torch.float32,
-                 callback: Optional[Callable[[dict], None]] = None, progress: bool = False,
-                 **cond) -> Tuple[Tensor, int]:
-    """UniPC samples [shape] (`unipc_update`): step i predicts with UniP-k from the last k data
-    predictions, k = min(order, i + 1) (and with lower_order_final min(k, steps - i), so the last step is
-    first order), calls the score at the predicted point, then corrects with UniC-k from that call; the
-    last step is not corrected. nfe = steps (+1 with denoise; explicit times: their steps). Deterministic
-    given x_T. `callback` receives {i, t (the new time, a float), x, x_mean, denoised (at the step's start)}.
+def unipc_loop(sde: SDE, score, x: Tensor, grid: Tensor, *,
+               order: int = 2,                           # 1, 2 or 3: UniP-order with UniC, order + 1 in all
+               variant: str = "bh2",                     # B(h): "bh2" (e^h - 1) or "bh1" (h)
+               lower_order_final: bool = True,           # orders ..., 2, 1 on the last steps, any steps
+               callback=ignore, progress: bool = False) -> Tensor:
+    """UniPC (`unipc_update`): step i predicts with UniP-k from the last k data predictions,
+    k = min(order, i + 1) (and with lower_order_final min(k, n - i), so the last step is first order),
+    calls the score at the predicted point, then corrects with UniC-k from that call; the last step is
+    not corrected. nfe = steps. Deterministic given x_T. `callback` receives {i, t (the new time), x,
+    denoised (at the step's start)}. `unipc_sample` defaults to the grid uniform in log-SNR.
 
     As in UniPC's reference, lower_order_final applies at any number of steps (DPM-Solver++ only below 15):
     the last steps run where the prediction hardly moves. The reference suggests bh1 for unconditional
@@ -106,24 +100,25 @@ def unipc_sample(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int]
     """
     order = check_order(order, (1, 2, 3), "unipc")
     check_one_of("variant", variant, UNIPC_VARIANTS)
-    run = start(sde, score_fn, shape, steps=steps, grid=grid, eps=eps, x_T=x_T, seed=seed, generator=generator,
-                device=device, dtype=dtype, cond=cond, default_grid="uniform_log_snr")
-    x, score, n = run.x, run.score, len(run.grid) - 1
+    n = len(grid) - 1
     # The one call that no step's corrector pays for: the prediction at T.
-    T, score.step = run.times(0), 0
-    times, preds = [T], [denoised(sde, x, T, score(x, T.to(x.dtype)))]
-    for i in tqdm(range(n), disable=not progress, desc="unipc_sample"):
-        t, score.step, d_s = run.times(i + 1), i, preds[-1]
+    T = at(grid, 0, x)
+    times, preds = [T], [sde.tweedie(x, T, score(x, T.to(x.dtype)))]
+    for i in trange(n, disable=not progress, desc="unipc_sample"):
+        t, d_s = at(grid, i + 1, x), preds[-1]
         k = min(order, i + 1, n - i) if lower_order_final else min(order, i + 1)
         # Predictor UniP-k: the last k predictions' differences, integrated through B(h).
         x_t = unipc_update(sde, x, times, preds, t, k, variant)
         # The last step is not corrected: no later step would use a call at its end.
         if i < n - 1:
             # The call the next step needs anyway, made at the predicted point ...
-            d_t = denoised(sde, x_t, t, score(x_t, t.to(x.dtype)))
+            d_t = sde.tweedie(x_t, t, score(x_t, t.to(x.dtype)))
             # ... and corrector UniC-k: the same update from x_s with d_t added, one order higher.
             x_t = unipc_update(sde, x, times, preds, t, k, variant, d_t)
             times, preds = (times + [t])[-order:], (preds + [d_t])[-order:]
         x = x_t
-        after_step(x, f"unipc (order {k})", i, t, d_s, callback)
-    return finish(run, sde, x, denoise)
+        callback({"i": i, "t": t, "x": x, "denoised": d_s})
+    return x
+
+
+unipc_sample = sampler("unipc", unipc_loop, default_grid="uniform_log_snr")

@@ -13,13 +13,13 @@ and reweights, which leaves the expectation unchanged and removes most of its va
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 
 from sde_lib import SDE, append_dims
 from models.precond import Precond, eps_error
-from score_toolkit.checks import check_one_of, check_open_interval
+from sde_lib.checks import check_cond, check_one_of, check_open_interval
 
 Tensor = torch.Tensor
 WEIGHTINGS = ("std2", "likelihood")
@@ -61,10 +61,10 @@ class ImportanceTimeSampler:
 def get_loss_fn(sde: SDE, continuous: bool = True, weighting: str = "std2",
                 importance_sampling: bool = False, reduce: str = "mean", eps: float = 1e-5
                 ) -> Callable[..., Tensor]:
-    """Returns loss_fn(model, x0, generator=None, **cond) -> scalar: the DSM loss averaged over the batch.
+    """Returns loss_fn(model, x0, generator=None, cond=None) -> scalar: the DSM loss averaged over the batch.
 
     `model` is a `models.Precond` wrapper (trained through its raw output) or any score_fn(x, t, **cond);
-    `cond` (e.g. class labels [B]) goes to every call.
+    `cond` (e.g. {"y": labels [B]}) goes to every call, checked once per call of loss_fn.
 
     continuous=True: t ~ U(eps, T) (or importance-sampled), the continuous-time objective.
     continuous=False: the classic discrete losses, t on the N-step chain's times i/(N-1) T:
@@ -81,8 +81,10 @@ def get_loss_fn(sde: SDE, continuous: bool = True, weighting: str = "std2",
         raise ValueError("the discrete DDPM / SMLD losses use weighting='std2'")
     sampler = ImportanceTimeSampler(sde, eps) if importance_sampling else None
 
-    def loss_fn(model, x0: Tensor, generator: Optional[torch.Generator] = None, **cond) -> Tensor:
+    def loss_fn(model, x0: Tensor, generator: Optional[torch.Generator] = None,
+                cond: Optional[Mapping[str, Tensor]] = None) -> Tensor:
         B = x0.shape[0]
+        cond = check_cond(model, cond, B)
         if not continuous:
             i = torch.randint(0, sde.N, (B,), generator=generator).to(x0.device)
             t = i.double() / (sde.N - 1) * sde.T

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from sde_lib import SDE, _as_time
+from sde_lib.sdes import SDE, _as_time
 
 Tensor = torch.Tensor
 

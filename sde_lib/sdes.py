@@ -23,8 +23,8 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from score_toolkit.checks import check_one_of, check_positive, check_positive_int
-from score_toolkit.registry import Registry
+from sde_lib.checks import check_one_of, check_positive, check_positive_int
+from sde_lib.registry import Registry
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]

@@ -20,7 +20,7 @@ from torchdiffeq import odeint
 
 from sde_lib import SDE
 from sde_lib.checks import check_cond, check_one_of, check_positive_int
-from samplers.guards import GuardedScore, check_eps, check_finite, make_generator
+from samplers.guards import GuardedScore, check_eps, check_finite, check_float_dtype, make_generator
 from samplers.ode import flow_drift, solve_flow, solver_options
 
 Tensor = torch.Tensor
@@ -84,7 +84,10 @@ def log_likelihood(sde: SDE, score_fn, x: Tensor, *, divergence: str = "exact",
     n_probes = check_positive_int(n_probes, "n_probes")
     eps = check_eps(sde, eps)
     options = solver_options(method, steps, eps, sde.T)
+    check_float_dtype(x.dtype, "log_likelihood")
     score = GuardedScore(score_fn, check_cond(score_fn, cond, x.shape[0]))
+    if x.shape[0] == 0:  # an empty batch: empty results, no call
+        return x.new_zeros(0), x, 0
     probes = _probes(x, divergence, n_probes, make_generator(generator, seed))
     ts = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
     delta0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
@@ -144,7 +147,7 @@ def bits_per_dim(sde: SDE, score_fn, k: Tensor, *, n_bins: int = 256, centered: 
     """
     if k.is_floating_point() and not torch.equal(k, k.round()):
         raise ValueError("k must hold integer bin indices (e.g. uint8 pixel values), got non-integer floats")
-    lo, hi = int(k.min()), int(k.max())  # python ints: a uint8 tensor would wrap 256 to 0
+    lo, hi = (int(k.min()), int(k.max())) if k.numel() else (0, 0)  # python ints: uint8 would wrap 256 to 0
     if lo < 0 or hi >= n_bins:
         raise ValueError(f"k must lie in {{0, ..., {n_bins - 1}}}, got values in [{lo}, {hi}]")
     dtype = ll_kwargs.pop("dtype", torch.float32)
@@ -152,7 +155,7 @@ def bits_per_dim(sde: SDE, score_fn, k: Tensor, *, n_bins: int = 256, centered: 
     y = dequantize(k, generator, n_bins=n_bins, dtype=dtype)
     a, b = data_scale(centered)
     logp, z, nfe = log_likelihood(sde, score_fn, a * y + b, generator=generator, **ll_kwargs)
-    D = k[0].numel()
+    D = math.prod(k.shape[1:])
     bpd = -bits_from_nats(logp + D * math.log(a), D) + math.log2(n_bins)
     return bpd, z, nfe
 

@@ -90,20 +90,20 @@ class Sampler:
                     raise ValueError(f"{name} must be None for {self.name} with {options or 'its defaults'}: it "
                                      f"chooses its own steps (set rtol / atol for accuracy), got {_short(value)}")
             return torch.tensor([sde.T, check_eps(sde, eps)], dtype=torch.float64), options
-        if grid is None or isinstance(grid, str):
-            if steps is None and self.default_steps is not None:
-                steps = self.default_steps(sde)
+        named = grid is None or isinstance(grid, str)
+        if named and steps is None and self.default_steps is not None:
+            steps = self.default_steps(sde)
+        if named or steps is not None:
             steps = check_positive_int(steps, "steps")
-            intervals, options = self.plan(steps, None, options) if self.plan else (steps, options)
+        times = None if named else check_grid(grid, sde)
+        n = None if named else len(times) - 1
+        intervals, options = self.plan(steps, n, options) if self.plan else (steps or n, options)
+        if named:
             return get_grid(grid, sde, intervals, check_eps(sde, eps), self.default_grid), options
-        times = check_grid(grid, sde)
+        if intervals != n:
+            raise ValueError(f"steps = {steps!r} contradicts the grid of {n + 1} times ({n} steps); pass one of them")
         if eps is not None and eps != float(times[-1]):
             raise ValueError(f"eps = {eps!r} contradicts the grid, which ends at {float(times[-1])!r}; pass one of them")
-        n = len(times) - 1
-        if self.plan:
-            return times, self.plan(steps if steps is None else check_positive_int(steps, "steps"), n, options)[1]
-        if steps is not None and steps != n:
-            raise ValueError(f"steps = {steps!r} contradicts the grid of {n + 1} times ({n} steps); pass one of them")
         return times, options
 
 
@@ -128,6 +128,8 @@ def sampler(name: str, loop: Callable, *, options: Optional[dict] = None, **spec
         g = make_generator(generator, seed, device)
         x = start(sde, shape, x_T, g, device, dtype)
         score = GuardedScore(score_fn, check_cond(score_fn, cond, x.shape[0]))
+        if x.shape[0] == 0:  # an empty batch: nothing to sample, no call to make
+            return x, 0
         with torch.no_grad():  # a score that needs gradients (classifier guidance) turns them on itself
             x = info.run(sde, score, x, times.to(x.device), loop_options, g, callback, progress)
             if info.denoise if denoise is None else denoise:

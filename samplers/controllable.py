@@ -209,12 +209,11 @@ def _interval_sampler(name: str, options: Optional[dict], n: int) -> Tuple[Sampl
         raise ValueError(f"sampler {name!r} with {options or 'its defaults'} chooses its own times, so it cannot "
                          "run one grid interval at a time; use a fixed-step sampler ('ode' with "
                          "sampler_options={'method': 'rk4'}, 'euler', 'midpoint', ...)")
-    if info.plan is not None:  # singlestep: one update of full order per interval
-        return info, info.plan(None, 1, {**options, "lower_order_final": False})[1]
     if name == "heun" and isinstance(options.get("s_churn"), (int, float)):
         # EDM's s_churn is a total over the grid's n steps: each one-interval call gets its share.
         options["s_churn"] = options["s_churn"] / n
-    return info, options
+    # A planned sampler's loop options for one interval (singlestep: one update of full order).
+    return info, info.plan(None, 1, options)[1] if info.plan else options
 
 
 # ----- thresholding ---------------------------------------------------------------------------------

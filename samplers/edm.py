@@ -77,7 +77,16 @@ def heun_loop(sde: SDE, score, x: Tensor, grid: Tensor, *,
     return alpha[n] * y
 
 
-heun_sample = sampler("heun", heun_loop, default_grid="karras")
+def _check_steps(steps: Optional[int], n: Optional[int], options: dict):
+    """Heun's steps: at least 2 on a named grid (one step from T to eps jumps from pure noise to the
+    data in one trapezoid: its samples are the data's blurred mean)."""
+    if n is None and steps == 1:
+        raise ValueError("steps=1 makes heun take one step from T to the last time, which lands near the data's "
+                         "mean; use steps >= 2 (each step costs 2 calls)")
+    return steps or n, options
+
+
+heun_sample = sampler("heun", heun_loop, default_grid="karras", plan=_check_steps)
 
 
 def _check_churn(s_churn, s_tmin, s_tmax, s_noise) -> None:

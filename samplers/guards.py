@@ -10,7 +10,7 @@ from sde_lib import SDE
 from sde_lib.checks import check_open_interval
 
 Tensor = torch.Tensor
-__all__ = ["check_eps", "check_finite", "make_generator", "GuardedScore"]
+__all__ = ["check_eps", "check_finite", "check_device", "check_float_dtype", "make_generator", "GuardedScore"]
 
 
 def check_eps(sde: SDE, eps, name: str = "eps") -> float:
@@ -31,10 +31,36 @@ def check_finite(x: Tensor, where: str, step, t: Tensor) -> None:
         raise FloatingPointError(f"{where} produced non-finite values at {at} (t={float(t.reshape(-1)[0]):.6g})")
 
 
+def check_device(device) -> Optional[torch.device]:
+    """`device` as a torch.device (None stays None) if this machine has it, else a ValueError saying so."""
+    if device is None:
+        return None
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from e
+    if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {device!r} is not available: this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s){'' if torch.backends.cuda.is_built() else ' (this torch build has no CUDA)'}")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} is not available on this machine")
+    return d
+
+
+def check_float_dtype(dtype, where: str) -> torch.dtype:
+    """`dtype` if it is float32 or float64: the ODE solvers' step-size control and the likelihood's
+    divergence lose their digits in float16 / bfloat16 (a step underflows to 0)."""
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"{where} computes in float32 or float64, got {dtype}; pass float32 data "
+                         "(and cast the result) to use a half-precision network")
+    return dtype
+
+
 def make_generator(generator, seed, device=None):
     """A torch.Generator from `generator` or `seed` (None: the global RNG)."""
     if generator is not None and seed is not None:
         raise ValueError("pass either generator or seed, not both")
+    device = check_device(device)
     if seed is None:
         return generator
     g = torch.Generator(device=device if device is not None else "cpu")

@@ -16,7 +16,7 @@ from torchdiffeq import odeint
 from sde_lib import SDE
 from sde_lib.checks import check_cond, check_positive_int
 from samplers.base import ignore, sampler
-from samplers.guards import GuardedScore, check_finite
+from samplers.guards import GuardedScore, check_finite, check_float_dtype
 
 Tensor = torch.Tensor
 __all__ = ["ode_loop", "ode_sample", "solve_flow", "ode_methods", "chooses_own_steps"]
@@ -74,7 +74,10 @@ def solve_flow(sde: SDE, score_fn, x: Tensor, t0: float, t1: float, *, rtol: flo
     A fixed-step method takes `steps` equal steps, or the times of `grid` (from t0 to t1) when given;
     `cond` goes to every score call. score_fn may be a `GuardedScore` (its conditioning bound).
     """
+    check_float_dtype(x.dtype, "the probability-flow ODE")
     score = score_fn if isinstance(score_fn, GuardedScore) else GuardedScore(score_fn, check_cond(score_fn, cond, len(x)))
+    if len(x) == 0:
+        return x, 0
     if grid is not None and not chooses_own_steps(method):
         options, ts = {}, grid.to(device=x.device, dtype=x.dtype)
     else:

@@ -30,6 +30,9 @@ def pc_loop(sde: SDE, score, x: Tensor, grid: Tensor, *,
     and denoise=True (Tweedie's formula at the last time). `callback` receives {i, t (the new time), x,
     x_mean (x before the predictor's noise)} after every step.
     """
+    if predictor == "none" and corrector == "none":
+        raise ValueError("predictor and corrector are both 'none': x would stay the prior draw; choose a "
+                         "predictor (e.g. 'reverse_diffusion') or a corrector (e.g. 'langevin')")
     n_steps = check_positive_int(n_steps, "n_steps") if corrector != "none" else 0
     pred = get_predictor(predictor)(sde, score, probability_flow)
     corr = get_corrector(corrector)(sde, score, snr, n_steps, **(corrector_options or {}))

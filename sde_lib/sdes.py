@@ -164,7 +164,7 @@ class SDE(abc.ABC):
 
     def prior_logp(self, z: Tensor) -> Tensor:
         """log N(z; 0, prior_std^2 I), summed over all but the batch dimension: shape [B]."""
-        D = z[0].numel()
+        D = math.prod(z.shape[1:])
         s2 = self.prior_std ** 2
         sq = z.flatten(1).pow(2).sum(1)
         return -0.5 * D * math.log(2 * math.pi * s2) - sq / (2 * s2)

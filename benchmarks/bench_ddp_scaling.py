@@ -29,10 +29,11 @@ sys.path.insert(0, ROOT)
 from benchmarks._common import machine, timings  # noqa: E402
 from configs.default import get_default_config  # noqa: E402
 from configs.image_defaults import get_image_config  # noqa: E402
-from score_toolkit import builders  # noqa: E402
 from score_toolkit import data_lib  # noqa: E402
 from score_toolkit import distributed  # noqa: E402
+from score_toolkit import factories  # noqa: E402
 from score_toolkit import training  # noqa: E402
+from score_toolkit import validation  # noqa: E402
 
 # name: (global batch, steps per repeat); the image network is bench_training_step's --quick width.
 WORKLOADS = {"mlp": (512, 200), "ddpmpp_tiny": (32, 8)}
@@ -59,9 +60,9 @@ def describe(config) -> dict:
 
 def step_fn(config):
     """One training step on a fixed random global batch, as `train` takes it."""
-    state = training.TrainState(config, builders.validate_config(config))
-    sde = builders.build_sde(config)
-    loss_fn, model = builders.build_loss(config, sde), training.training_model(config, sde, state)
+    state = training.TrainState(config, validation.validate_config(config))
+    sde = factories.build_sde(config)
+    loss_fn, model = factories.build_loss(config, sde), training.training_model(config, sde, state)
     shape = data_lib.load(config).sample_shape(config.training.batch_size)
     batch = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     state.model.train()

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import samplers  # noqa: E402
 from benchmarks._common import machine  # noqa: E402
 from configs.fashionmnist_vp_ddpmpp_pretrained import get_config  # noqa: E402
-from score_toolkit import builders, evaluation  # noqa: E402
+from score_toolkit import evaluation, factories, runtime  # noqa: E402
 
 REF_TOL = 1e-5
 
@@ -48,9 +48,9 @@ def main():
         torch.set_num_threads(args.threads)
     config = get_config()
     config.device = args.device
-    sde, device = builders.build_sde(config), builders.get_device(config)
+    sde, device = factories.build_sde(config), runtime.get_device(config)
     model, _ = evaluation.load_ema_model(config, "unused: weights_path is set")
-    score_fn = builders.build_precond(config, sde, model.to(device))
+    score_fn = factories.build_precond(config, sde, model.to(device))
     shape = (config.data.num_channels, config.data.image_size, config.data.image_size)
     x_T = sde.prior_sampling((args.held_out, *shape), torch.Generator(device).manual_seed(2), device)
     t0 = time.perf_counter()

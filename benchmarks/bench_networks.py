@@ -19,7 +19,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from score_toolkit import builders  # noqa: E402
+from score_toolkit import runtime  # noqa: E402
 
 from score_toolkit import losses  # noqa: E402
 import models  # noqa: E402
@@ -95,11 +95,11 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--channels-last", action="store_true", help="convert the conv weights to channels_last")
     parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc's allocator as it is (main.py tunes it: builders.keep_freed_memory)")
+                        help="leave glibc's allocator as it is (main.py tunes it: runtime.keep_freed_memory)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    malloc_tuned = False if args.default_malloc else builders.keep_freed_memory()
+    malloc_tuned = False if args.default_malloc else runtime.keep_freed_memory()
     report = {"malloc_tuned": malloc_tuned, "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
               "machine": platform.machine(), "platform": platform.platform(), "processor": platform.processor(),
               "cpu_count": os.cpu_count(), "repeats": args.repeats, "channels_last": args.channels_last,

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from score_toolkit import builders  # noqa: E402
+from score_toolkit import runtime  # noqa: E402
 import likelihood  # noqa: E402
 import samplers  # noqa: E402
 import sde_lib  # noqa: E402
@@ -137,10 +137,10 @@ def main():
     p.add_argument("--channels", type=int, default=1, help="image channels (1: Fashion-MNIST-like, as in DESIGN.md)")
     p.add_argument("--ll_batch", type=int, default=256)
     p.add_argument("--default_malloc", action="store_true",
-                   help="leave glibc's allocator as it is (main.py tunes it: builders.keep_freed_memory)")
+                   help="leave glibc's allocator as it is (main.py tunes it: runtime.keep_freed_memory)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    args.malloc_tuned = False if args.default_malloc else builders.keep_freed_memory()
+    args.malloc_tuned = False if args.default_malloc else runtime.keep_freed_memory()
     print(json.dumps({"benchmark": "samplers", "machine": machine(), "config": vars(args),
                       "overhead": overhead(args), "likelihood": likelihood_cost(args)}, indent=2))
 

@@ -27,8 +27,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmarks._common import machine, timings  # noqa: E402
 from configs.image_defaults import get_image_config  # noqa: E402
-from score_toolkit import builders  # noqa: E402
+from score_toolkit import config_keys  # noqa: E402
+from score_toolkit import errors  # noqa: E402
+from score_toolkit import factories  # noqa: E402
+from score_toolkit import runtime  # noqa: E402
 from score_toolkit import training  # noqa: E402
+from score_toolkit import validation  # noqa: E402
 
 BASELINE = {"training.precision": "fp32", "training.channels_last": False, "optim.impl": "default", "compile": False}
 SETTINGS = {  # name: the keys that differ from BASELINE
@@ -56,7 +60,7 @@ def bench_config(args):
 
 def with_keys(config, keys: dict):
     """A copy of config with the dotted keys set."""
-    return builders.set_keys(config.copy_and_resolve_references(), **keys)
+    return config_keys.set_keys(config.copy_and_resolve_references(), **keys)
 
 
 def synchronize(device: torch.device) -> None:
@@ -83,10 +87,10 @@ def time_steps(step, device: torch.device, repeats: int, warmup: int) -> dict:
 
 def bench_toolkit(config, repeats: int, warmup: int) -> dict:
     """One training step of the toolkit at `config`: training.train_step, as `train` calls it."""
-    net = builders.validate_config(config)
+    net = validation.validate_config(config)
     state = training.TrainState(config, net)
-    sde = builders.build_sde(config)
-    loss_fn, model = builders.build_loss(config, sde), training.training_model(config, sde, state)
+    sde = factories.build_sde(config)
+    loss_fn, model = factories.build_loss(config, sde), training.training_model(config, sde, state)
     d = config.data
     x = torch.randn(config.training.batch_size, d.num_channels, d.image_size, d.image_size,
                     generator=torch.Generator().manual_seed(0)).to(state.device)
@@ -120,7 +124,7 @@ def reference_modules(path: str):
 def bench_reference(path: str, config, repeats: int, warmup: int) -> dict:
     """score_sde_pytorch's training step (losses.get_step_fn: loss, backward, its optimize_fn with
     warm-up and clipping, EMA) for its cifar10_ddpmpp_continuous config at our width and batch."""
-    device = builders.get_device(config)
+    device = runtime.get_device(config)
     with reference_modules(path):
         import importlib
         ref_config = importlib.import_module("configs.vp.cifar10_ddpmpp_continuous").get_config()
@@ -163,7 +167,7 @@ def main(argv=None) -> dict:
     args.batch_size = args.batch_size or (8 if args.quick else 128)
     args.repeats = args.repeats or (2 if args.quick else 10)
     config = bench_config(args)
-    device = builders.get_device(config)
+    device = runtime.get_device(config)
     names = args.settings.split(",") if args.settings else [
         n for n in SETTINGS if device.type == "cuda" or not SETTINGS[n].get("compile")]
     m = config.model
@@ -179,7 +183,7 @@ def main(argv=None) -> dict:
         keys = SETTINGS[name]
         try:
             result = bench_toolkit(with_keys(config, {**BASELINE, **keys}), args.repeats, args.warmup)
-        except builders.ConfigError as e:  # the device cannot run this setting
+        except errors.ConfigError as e:  # the device cannot run this setting
             result = {"refused": str(e)}
         report["settings"][name] = {"keys": keys, **result}
     base = report["settings"].get("fp32", {}).get("median_s")

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import samplers  # noqa: E402
 from configs.fashionmnist_vp_ddpmpp_cond import get_config  # noqa: E402
-from score_toolkit import builders, data_lib, evaluation, features, plotting, sample_quality  # noqa: E402
+from score_toolkit import data_lib, evaluation, factories, features, plotting, runtime, sample_quality  # noqa: E402
 
 
 def guided_samples(sde, model, w, labels, args, device, num_classes):
@@ -59,9 +59,9 @@ def main():
     config.eval.feature_extractor = "classifier"
     config.eval.feature_path = os.path.join(args.features, "classifier.pt")
     config.eval.stats_path = os.path.join(args.features, "stats.npz")
-    sde, device, data = builders.build_sde(config), builders.get_device(config), data_lib.load(config)
+    sde, device, data = factories.build_sde(config), runtime.get_device(config), data_lib.load(config)
     net, step = evaluation.load_ema_model(config, args.workdir)
-    model = builders.build_precond(config, sde, net.to(device))
+    model = factories.build_precond(config, sde, net.to(device))
     quality = features.quality_fn(config)
     classifier = sample_quality.load_classifier(config.eval.feature_path, device)
     labels = torch.arange(10).repeat_interleave(args.per_class)

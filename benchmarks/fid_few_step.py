@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import samplers  # noqa: E402
 from configs.fashionmnist_vp_ddpmpp_pretrained import get_config  # noqa: E402
-from score_toolkit import builders, data_lib, evaluation, features  # noqa: E402
+from score_toolkit import data_lib, evaluation, factories, features, runtime  # noqa: E402
 
 # name -> (sampler, fixed keyword arguments). "steps" is chosen per budget.
 SAMPLERS = {
@@ -118,9 +118,9 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # sampling, not likelihood
     t_start = time.perf_counter()
     config, data = prepare(args)
-    sde, device = builders.build_sde(config), builders.get_device(config)
+    sde, device = factories.build_sde(config), runtime.get_device(config)
     model, step = evaluation.load_ema_model(config, "unused: weights_path is set")
-    score_fn = builders.build_precond(config, sde, model.to(device))
+    score_fn = factories.build_precond(config, sde, model.to(device))
     quality = features.quality_fn(config)
     runs = [(s, int(b)) for b in args.budgets.split(",") for s in args.samplers.split(",")]
     runs += [(e.split(":")[0], int(e.split(":")[1])) for e in args.extra.split(",") if e]

@@ -7,7 +7,7 @@ reads it; a file that needs the pickle machinery to run code is refused, never e
 `config.json` is written once, atomically, by the first run that starts in the workdir (after
 every input was checked). Later runs compare their config with it: keys that define the
 checkpoints (data, SDE, model, loss, optimizer, seed) must agree, run-time keys
-(`builders.RUN_TIME_KEYS`) may differ and are logged.
+(`run_config.RUN_TIME_KEYS`) may differ and are logged.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from score_toolkit.builders import ConfigError, UserError, config_differences, describe_differences
+from score_toolkit.errors import ConfigError, UserError
+from score_toolkit.run_config import config_differences, describe_differences
 
 RUN_CONFIG = "config.json"
 

@@ -33,6 +33,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import configs
+from score_toolkit.errors import MissingInputError, UserError
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(configs.__file__))
 DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "swissroll_vp_mlp.py")
@@ -282,10 +283,10 @@ def _log_to_file_only(message: str) -> None:
 
 def _image_tool(config, mode: str) -> None:
     """--mode classifier / stats, on image data: checks first, then the work."""
-    from score_toolkit import builders
     from score_toolkit import data_lib
     from score_toolkit import features
-    builders.validate_config(config)
+    from score_toolkit import validation
+    validation.validate_config(config)
     if config.data.kind != "images":
         raise UsageError(f"--mode {mode} needs image data; config.data.kind is {config.data.kind!r}")
     if mode == "stats" and config.eval.feature_extractor == "none":
@@ -303,8 +304,8 @@ def _image_tool(config, mode: str) -> None:
 def _noisy_classifier(config) -> None:
     """--mode noisy_classifier: checks first, then train p(y | x_t, t) on the data's labels under the
     config's SDE and save it to config.sampling.classifier_path."""
-    from score_toolkit import builders, data_lib, image_data, noisy_classifier
-    builders.validate_config(config)
+    from score_toolkit import data_lib, factories, image_data, noisy_classifier, runtime, validation
+    validation.validate_config(config)
     path = config.sampling.classifier_path
     if not path:
         raise UsageError("--mode noisy_classifier: set --config.sampling.classifier_path=<file to write>")
@@ -312,7 +313,7 @@ def _noisy_classifier(config) -> None:
         raise UsageError(f"--mode noisy_classifier: {path} exists already; files are never overwritten")
     if config.data.kind == "images":
         data_lib.check_files(config, ("train", "test"))
-    data, sde = data_lib.load(config), builders.build_sde(config)
+    data, sde = data_lib.load(config), factories.build_sde(config)
     if data.train_labels is None:
         raise UsageError(f"--mode noisy_classifier needs labelled data; config.data.name = {config.data.name!r} has none")
     images = config.data.kind == "images"
@@ -320,7 +321,7 @@ def _noisy_classifier(config) -> None:
     transform = (lambda k: data.scaler(image_data.to_unit_interval(k))) if images else None
     net, accuracy = noisy_classifier.train_noisy_classifier(
         sde, x_train, data.train_labels, steps=config.sampling.classifier_steps, seed=config.seed,
-        device=builders.get_device(config), x_test=x_test, y_test=data.test_labels, transform=transform)
+        device=runtime.get_device(config), x_test=x_test, y_test=data.test_labels, transform=transform)
     noisy_classifier.save_noisy_classifier(path, net, accuracy, data=config.data.name, sde=config.sde.name)
     print("noisy classifier test accuracy by t: " + ", ".join(f"t={t:g}: {a:.3f}" for t, a in accuracy.items())
           + f" -> {path}", flush=True)
@@ -334,12 +335,12 @@ def main(command: Command, argv: List[str]) -> int:
         except BrokenPipeError:  # `| head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    from score_toolkit import builders  # imported here so that --help and flag errors stay fast
-    from score_toolkit import distributed
+    from score_toolkit import distributed  # torch: imported here so that --help and flag errors stay fast
     from score_toolkit import evaluation
+    from score_toolkit import runtime
     from score_toolkit import training
 
-    builders.configure_runtime(config)
+    runtime.configure_runtime(config)
     if mode in ("classifier", "stats"):
         _image_tool(config, mode)
         return 0
@@ -350,7 +351,7 @@ def main(command: Command, argv: List[str]) -> int:
     try:
         net = (training.check_inputs(config, workdir) if mode == "train"
                else evaluation.check_inputs(config, workdir, mode))
-    except builders.MissingInputError as e:
+    except MissingInputError as e:
         if e.make_with:
             e.args = (f"{e}: {command.line(e.make_with, workdir if e.make_with == 'train' else None)}",)
         raise
@@ -360,7 +361,7 @@ def main(command: Command, argv: List[str]) -> int:
     else:  # torchrun's other ranks: warnings and errors only, on stderr
         logging.getLogger().setLevel(logging.WARNING)
     logging.info("%s", " ".join(shlex.quote(a) for a in argv))
-    with distributed.session(builders.get_device(config)):  # torchrun's ranks share the work; rank 0 writes
+    with distributed.session(runtime.get_device(config)):  # torchrun's ranks share the work; rank 0 writes
         if mode == "train":
             training.train(config, workdir, net=net)
         elif mode == "eval":
@@ -414,10 +415,7 @@ def _run(argv: List[str]) -> int:
         logging.info("%s", str(e) or f"{signal.Signals(signum).name}: stopped; the same command resumes "
                      "from what was saved")
         return 128 + signum
-    except Exception as e:
-        from score_toolkit.builders import UserError
-        if not isinstance(e, UserError):
-            raise
+    except UserError as e:
         _log_to_file_only(f"error: {e}")
         return _fail(str(e), e.exit_code, verbose)
 

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from score_toolkit import features
 from score_toolkit import image_data
-from score_toolkit.builders import ConfigError, MissingInputError
+from score_toolkit.errors import ConfigError, MissingInputError
 import likelihood
 from score_toolkit import plotting
 from score_toolkit import toy_data
@@ -141,7 +142,6 @@ class ImageData:
         if self.config.eval.feature_extractor == "none":
             return {}
         if self._quality_fn is None:  # loaded on first use: `--mode stats` runs before the stats exist
-            from score_toolkit import features
             self._quality_fn = features.quality_fn(self.config)
         return self._quality_fn(samples)
 

@@ -11,7 +11,6 @@ rank 0 alone computes the held-out loss and the sample quality and writes result
 """
 from __future__ import annotations
 
-import copy
 import glob
 import json
 import logging
@@ -25,11 +24,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from score_toolkit import builders
 from score_toolkit import checkpoints
 from score_toolkit import data_lib
 from score_toolkit import distributed
+from score_toolkit import factories
 from score_toolkit import image_data
+from score_toolkit import runtime
+from score_toolkit import validation
+from score_toolkit.errors import ConfigError, MissingInputError
 import samplers
 from models import checkpoint_convert
 
@@ -44,7 +46,7 @@ def check_inputs(config, workdir: str, mode: str = "eval") -> torch.nn.Module:
     statistics (sample quality); a checkpoint in the workdir unless config.eval.weights_path names
     the weights; and that the workdir was made with an equivalent config. Returns the network
     validate_config built."""
-    net = builders.validate_config(config)
+    net = validation.validate_config(config)
     e = config.eval
     if mode == "eval" and (e.enable_loss or e.enable_nll):
         data_lib.check_files(config, ("test",))
@@ -54,7 +56,7 @@ def check_inputs(config, workdir: str, mode: str = "eval") -> torch.nn.Module:
         ckpt_dir = os.path.join(workdir, "checkpoints")
         if not checkpoints.list_checkpoints(ckpt_dir):
             where = f"the workdir {workdir} does not exist" if not os.path.isdir(workdir) else f"none in {ckpt_dir}"
-            raise builders.MissingInputError(f"no checkpoint ({where}); train first", make_with="train")
+            raise MissingInputError(f"no checkpoint ({where}); train first", make_with="train")
     checkpoints.check_run_config(workdir, config)
     return net
 
@@ -67,7 +69,7 @@ def load_ema_model(config, workdir: str, net=None):
     <workdir>/checkpoints loads too.
     """
     torch.manual_seed(config.seed)
-    model = builders.build_model(config) if net is None else net
+    model = factories.build_model(config) if net is None else net
     if config.eval.weights_path:
         state = checkpoints.load_checkpoint(config.eval.weights_path)
         _load_weights(config.eval.weights_path, lambda: checkpoint_convert.load_reference_state_dict(model, state["model"]))
@@ -75,7 +77,7 @@ def load_ema_model(config, workdir: str, net=None):
     ckpt_dir = os.path.join(workdir, "checkpoints")
     latest = checkpoints.load_latest(ckpt_dir)
     if latest is None:
-        raise builders.MissingInputError(f"no readable checkpoint in {ckpt_dir}; train first", make_with="train")
+        raise MissingInputError(f"no readable checkpoint in {ckpt_dir}; train first", make_with="train")
     step, state = latest
     # Our checkpoints and score_sde_pytorch's share this layout ("module."-prefixed keys there).
     _load_weights(ckpt_dir, lambda: checkpoint_convert.load_reference_checkpoint(model, state, use_ema=True))
@@ -86,7 +88,7 @@ def _load_weights(source: str, load) -> None:
     try:
         load()
     except ValueError as e:
-        raise builders.ConfigError(f"the weights in {source} do not fit config.model: {e}") from e
+        raise ConfigError(f"the weights in {source} do not fit config.model: {e}") from e
 
 
 def export(config, workdir: str, net=None) -> str:
@@ -135,8 +137,8 @@ class BatchLog:
 
 def heldout_loss(config, sde, model, data) -> float:
     """The training loss on the test split, with a fixed generator."""
-    loss_fn = builders.build_loss(config, sde)
-    wrapped = builders.build_precond(config, sde, model)
+    loss_fn = factories.build_loss(config, sde)
+    wrapped = factories.build_precond(config, sde, model)
     g = torch.Generator().manual_seed(config.seed + 2)
     bs, device = config.eval.batch_size, local_device(config)
     labels = data.test_labels
@@ -156,7 +158,7 @@ def heldout_nll(config, sde, model, data, out_dir: str, ckpt_step: int) -> Dict[
     <out_dir>/nll_batches[.rank<r>].jsonl; the records are gathered, so every rank returns the
     figures of one process, whatever number of ranks computed or resumed the batches."""
     e, device = config.eval, local_device(config)
-    score_fn = builders.build_precond(config, sde, model)
+    score_fn = factories.build_precond(config, sde, model)
     n_total = min(e.n_nll, len(data.test))
     keys = ("batch_size", "n_nll", "divergence", "n_probes", "nll_rtol", "nll_atol", "nll_eps")
     settings = json.dumps({"seed": config.seed, **{k: e[k] for k in keys}}, sort_keys=True)
@@ -194,12 +196,12 @@ def draw_samples(config, sde, model, data, folder: str, n: int) -> torch.Tensor:
     Batch b depends on b alone (seed config.seed + 100_003 (b + 1), first sample b * batch_size):
     under torchrun rank b % world draws it into its own folder, and the batches are gathered to
     every rank through torch.distributed, so every rank returns what one process draws."""
-    local = _on_local_device(config)
-    score_fn = builders.build_score_fn(local, sde, model)
-    labels = builders.label_sampler(config)
+    device = local_device(config)
+    score_fn = factories.build_score_fn(config, sde, model, device)
+    labels = factories.label_sampler(config)
     grid = fitted_grid(config, sde, score_fn, data, labels, folder) if config.sampling.grid == "fitted" else None
-    sample = (_task_sampler(local, sde, data) if config.sampling.task != "none"
-              else builders.build_sampler(local, sde, grid))
+    sample = (_task_sampler(config, sde, data, device) if config.sampling.task != "none"
+              else factories.build_sampler(config, sde, device, grid))
     os.makedirs(folder, exist_ok=True)
     bs = config.sampling.batch_size
 
@@ -244,10 +246,10 @@ def _fit_grid(config, sde, score_fn, data, labels, path: str, settings: str) -> 
     cond = {k: v.to(device) for k, v in labels(s.fit_pilot, start=0).items()}
     try:
         grid, info = samplers.fit_grid(sde, score_fn, data.sample_shape(s.fit_pilot), steps=s.steps, sampler=s.method,
-                                       sampler_kwargs=builders.sampler_options(config), eps=s.eps,
+                                       sampler_kwargs=factories.sampler_options(config), eps=s.eps,
                                        max_evals=s.fit_evals or None, seed=config.seed + 7, device=device, **cond)
     except ValueError as e:  # e.g. a stochastic choice of sampler options
-        raise builders.ConfigError(f"sampling.grid = 'fitted': {e}") from e
+        raise ConfigError(f"sampling.grid = 'fitted': {e}") from e
     times = grid.tolist()
     checkpoints.atomic_write_text(path, json.dumps({"settings": settings, "times": times, "info": info}, indent=1))
     logging.info("fitted a %d-step grid for %s on %d pilot draws in %.0f s (%d network calls): error against "
@@ -275,35 +277,24 @@ def _progress(batches: range, desc: str):
 
 def local_device(config) -> torch.device:
     """Where this process computes: config.device, or cuda:LOCAL_RANK for CUDA under torchrun."""
-    return distributed.local_device(builders.get_device(config))
+    return distributed.local_device(runtime.get_device(config))
 
 
-def _on_local_device(config):
-    """config itself, or a copy whose device is `local_device(config)` where that differs (CUDA under
-    torchrun), for the samplers that place their tensors on config.device."""
-    device = local_device(config)
-    if device == builders.get_device(config):
-        return config
-    local = copy.deepcopy(config)
-    local.device = str(device)
-    return local
-
-
-def _task_sampler(config, sde, data):
-    """The inpainting / colorization sampler of config.sampling.task, on the observed images."""
+def _task_sampler(config, sde, data, device: torch.device):
+    """The inpainting / colorization sampler of config.sampling.task on `device`, on the observed images."""
     shape = data.sample_shape(1)[1:]
     try:
         observed = data_lib.load_observed(config.sampling.observed, shape)
         mask = data_lib.inpainting_mask(config.sampling.mask, shape) if config.sampling.task == "inpaint" else None
     except ValueError as e:
-        raise builders.ConfigError(str(e)) from e
-    return builders.build_task_sampler(config, sde, data.scaler(image_data.to_unit_interval(observed)), mask)
+        raise ConfigError(str(e)) from e
+    return factories.build_task_sampler(config, sde, device, data.scaler(image_data.to_unit_interval(observed)), mask)
 
 
 def _sample_settings(config, size: int) -> str:
     """What a batch's samples depend on besides the weights (the folder names the checkpoint step)."""
     return json.dumps({"sampling": config.sampling.to_dict(), "seed": config.seed, "size": size,
-                       "sde": config.sde.to_dict(), "device": str(builders.get_device(config))},
+                       "sde": config.sde.to_dict(), "device": str(runtime.get_device(config))},
                       sort_keys=True, default=str)
 
 
@@ -323,7 +314,7 @@ def load_samples(folder: str) -> np.ndarray:
     paths = glob.glob(os.path.join(folder, "batch_*.npz"))
     paths.sort(key=lambda p: int(re.search(r"batch_(\d+)\.npz$", p).group(1)))
     if not paths:
-        raise builders.MissingInputError(f"no batch_<b>.npz files in {folder}")
+        raise MissingInputError(f"no batch_<b>.npz files in {folder}")
     return np.concatenate([np.load(p)["samples"] for p in paths])
 
 
@@ -331,7 +322,7 @@ def _prepare(config, workdir: str, eval_folder: str, mode: str, net=None):
     """What `evaluate` and `sample` start from: (sde, data, EMA model on config.device, its step,
     the output folder)."""
     net = check_inputs(config, workdir, mode) if net is None else net
-    sde, data = builders.build_sde(config), data_lib.load(config)
+    sde, data = factories.build_sde(config), data_lib.load(config)
     model, ckpt_step = load_ema_model(config, workdir, net)
     if distributed.is_main():
         checkpoints.start_run(workdir, config)
@@ -381,7 +372,7 @@ def sample(config, workdir: str, eval_folder: str = "eval", net=None) -> str:
 
 def _plot_samples(config, data, x: torch.Tensor, folder: str, ckpt_step: int) -> None:
     """<folder>.png: the samples, one row per class when every class was sampled in turn."""
-    labels = builders.sample_labels(config, len(x)).get("y")
+    labels = factories.sample_labels(config, len(x)).get("y")
     title = f"{len(x)} samples, step {ckpt_step}" + _guidance_note(config)
     if labels is not None and data.kind == "images" and config.sampling.class_label < 0:
         data.plot_by_class(x, labels, folder + ".png", title + "; one row per class")

@@ -9,13 +9,13 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from score_toolkit import builders
+from score_toolkit import runtime
 from score_toolkit import sample_quality
 
 
 def load_extractor(config):
     """The extractor named by config.eval.feature_extractor, from config.eval.feature_path."""
-    kind, path, device = config.eval.feature_extractor, config.eval.feature_path, builders.get_device(config)
+    kind, path, device = config.eval.feature_extractor, config.eval.feature_path, runtime.get_device(config)
     if kind == "classifier":
         return sample_quality.load_classifier(path, device)
     if kind == "inception":
@@ -49,7 +49,7 @@ def train_feature_classifier(config, data) -> str:
     path = config.eval.feature_path or os.path.join("workdirs", f"classifier_{config.data.name}.pt")
     net, acc = sample_quality.train_classifier(data.train_uint8, data.train_labels, data.test_uint8, data.test_labels,
                                                steps=config.eval.classifier_steps, seed=config.seed,
-                                               random_flip=config.data.random_flip, device=builders.get_device(config))
+                                               random_flip=config.data.random_flip, device=runtime.get_device(config))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     sample_quality.save_classifier(path, net, config.data.name, acc)
     logging.info("classifier for %s: test accuracy %.4f, saved to %s", config.data.name, acc, path)

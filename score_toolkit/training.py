@@ -19,18 +19,16 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from score_toolkit import builders
 from score_toolkit import checkpoints
 from score_toolkit import data_lib
 from score_toolkit import distributed
+from score_toolkit import factories
 import models
 from score_toolkit import plotting
-
-# Mixed precision: the dtype that torch.autocast runs the forward pass in. Weights, EMA and Adam's
-# moments stay float32 in every mode; "tf32" only lets CUDA matmuls and convolutions round their
-# inputs to TF32 (on the CPU it is plain fp32).
-# (builders.PRECISIONS and builders.OPTIM_IMPLS list the allowed values; validate_config checks the device.)
-AUTOCAST_DTYPES = builders.AUTOCAST_DTYPES
+from score_toolkit import runtime
+from score_toolkit import validation
+from score_toolkit.errors import UserError
+from score_toolkit.run_config import config_differences, describe_differences
 
 
 def make_grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
@@ -42,11 +40,11 @@ class TrainState:
     """Model, EMA, optimizer, step and RNG states: everything a run needs to continue exactly."""
 
     def __init__(self, config, net: Optional[torch.nn.Module] = None):
-        """`net`: the network as `builders.validate_config` built it (seeded by config.seed); built here if None."""
+        """`net`: the network as `validation.validate_config` built it (seeded by config.seed); built here if None."""
         torch.manual_seed(config.seed)  # seeds CUDA's generators too
-        self.device = distributed.local_device(builders.get_device(config))
+        self.device = distributed.local_device(runtime.get_device(config))
         # Built on the CPU, then moved: the same seed gives the same initial weights on every device.
-        self.model = (net if net is not None else builders.build_model(config)).to(self.device)
+        self.model = (net if net is not None else factories.build_model(config)).to(self.device)
         self.ema = models.ExponentialMovingAverage(self.model.parameters(), decay=config.model.ema_rate)
         self.precision = config.training.precision
         if config.training.channels_last:
@@ -63,7 +61,7 @@ class TrainState:
 
     def autocast(self):
         """The forward pass's context: torch.autocast for bf16 and fp16, nothing otherwise."""
-        dtype = AUTOCAST_DTYPES.get(self.precision)
+        dtype = runtime.AUTOCAST_DTYPES.get(self.precision)
         return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
     @contextlib.contextmanager
@@ -150,10 +148,10 @@ def resume_or_start(config, ckpt_dir: str, net: Optional[torch.nn.Module] = None
     latest = checkpoints.load_latest(ckpt_dir)
     if latest is not None:
         step, saved = latest
-        refused, _ = builders.config_differences(json.loads(saved["config"]), config) if saved.get("config") else ([], [])
+        refused, _ = config_differences(json.loads(saved["config"]), config) if saved.get("config") else ([], [])
         if refused:
             raise checkpoints.WorkdirMismatchError(f"the checkpoint of step {step} in {ckpt_dir} was trained with "
-                                                   f"another config: {builders.describe_differences(refused)}")
+                                                   f"another config: {describe_differences(refused)}")
         state.load_state_dict(saved)
         logging.info("resumed from step %d (%s)", step, ckpt_dir)
         if int(saved.get("world_size", 1)) != distributed.world():  # the data stream does not depend on it
@@ -172,9 +170,9 @@ def snapshot(state: TrainState, config, sde, data, workdir: str) -> str:
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             n = config.sampling.n_samples
-            x, nfe = builders.build_sampler(config, sde)(builders.build_score_fn(config, sde, state.model),
-                                                         data.sample_shape(n), seed=config.seed + state.step,
-                                                         **builders.sample_labels(config, n))
+            sample = factories.build_sampler(config, sde, state.device)
+            x, nfe = sample(factories.build_score_fn(config, sde, state.model, state.device), data.sample_shape(n),
+                            seed=config.seed + state.step, **factories.sample_labels(config, n))
     finally:
         state.model.train()
         state.ema.restore(params)
@@ -213,7 +211,7 @@ class TrainingStopped(KeyboardInterrupt):
         self.signum = signum
 
 
-class TrainingDiverged(builders.UserError, FloatingPointError):
+class TrainingDiverged(UserError, FloatingPointError):
     """The loss became NaN or infinite; nothing after the last checkpoint was saved."""
 
     exit_code = 1
@@ -261,7 +259,7 @@ def training_model(config, sde, state: TrainState) -> "models.Precond":
     """The preconditioned network that training steps call: state.model, its forward compiled by
     torch.compile when config.compile (the same parameters; snapshots sample with the uncompiled one).
     Under torchrun the network runs on this rank's rows of each global batch (distributed.ShardedNet)."""
-    model = builders.build_precond(config, sde, state.model)
+    model = factories.build_precond(config, sde, state.model)
     if config.compile:
         model.net = torch.compile(state.model)
     if distributed.active():
@@ -270,11 +268,11 @@ def training_model(config, sde, state: TrainState) -> "models.Precond":
 
 
 def check_inputs(config, workdir: str) -> torch.nn.Module:
-    """Every check `train` needs, with nothing written: the config (builders.validate_config), the
+    """Every check `train` needs, with nothing written: the config (validation.validate_config), the
     training data's files, and, for an existing workdir, that it was made with an equivalent config
     (checkpoints.check_run_config). Returns the network validate_config built."""
-    net = builders.validate_config(config)
-    builders.check_world_size(config, distributed.env_world_size())
+    net = validation.validate_config(config)
+    validation.check_world_size(config, distributed.env_world_size())
     data_lib.check_files(config, ("train",))
     checkpoints.check_run_config(workdir, config)
     return net
@@ -296,9 +294,9 @@ def train(config, workdir: str, max_steps: Optional[int] = None, net: Optional[t
         checkpoints.start_run(workdir, config)
         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    sde = builders.build_sde(config)
+    sde = factories.build_sde(config)
     data = data_lib.load(config)
-    loss_fn = builders.build_loss(config, sde)
+    loss_fn = factories.build_loss(config, sde)
     state = resume_or_start(config, ckpt_dir, net)
     if distributed.active():
         distributed.seed_rank_rng(config.seed, state.step)

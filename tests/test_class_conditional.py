@@ -21,7 +21,7 @@ import tests.test_reference_layouts as ref
 from models.ddpm import DDPM
 from models.mlp import ScoreMLP
 from models.ncsnpp import NCSNpp
-from score_toolkit import builders, evaluation, toy_data
+from score_toolkit import errors, evaluation, factories, toy_data, validation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 10
@@ -182,14 +182,14 @@ def test_bad_label_settings_are_refused(name, kwargs, words):
 
 def test_config_keys_reach_the_network():
     config = importlib.import_module("configs.fashionmnist_vp_ddpmpp_cond").get_config()
-    net = builders.validate_config(config)
+    net = validation.validate_config(config)
     assert net.num_classes == 10 and net.label_embed.p_uncond == 0.1
     assert tuple(net.label_embed.weight.shape) == (11, 4 * config.model.nf)
     plain = importlib.import_module("configs.fashionmnist_vp_ddpmpp").get_config()
     assert plain.model.num_classes == 0 and plain.model.p_uncond == 0.0
     plain.model.num_classes = -3
-    with pytest.raises(builders.ConfigError, match=r"config.model.num_classes = -3 is not allowed: must be an integer >= 0"):
-        builders.validate_config(plain)
+    with pytest.raises(errors.ConfigError, match=r"config.model.num_classes = -3 is not allowed: must be an integer >= 0"):
+        validation.validate_config(plain)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -206,8 +206,8 @@ def test_command_line_training_samples_each_class_in_its_component(tmp_path):
     config = importlib.import_module("configs.gmm_vp_mlp_cond").get_config()
     net, step = evaluation.load_ema_model(config, workdir)
     assert step == 400
-    sde = builders.build_sde(config)
-    score_fn = builders.build_precond(config, sde, net)
+    sde = factories.build_sde(config)
+    score_fn = factories.build_precond(config, sde, net)
     means = toy_data.true_density("gmm").means.double()
     n = 100
     y = torch.arange(8).repeat_interleave(n)

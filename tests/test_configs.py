@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from score_toolkit import builders
+from score_toolkit import factories, validation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
@@ -33,16 +33,16 @@ def test_there_are_configs():
 @pytest.mark.parametrize("name", ["cifar10_ve_ncsnpp", "cifar10_vp_ddpmpp"])
 def test_paper_width_builds(name):
     config = importlib.import_module(f"configs.{name}").get_config("paper")
-    builders.validate_config(config)
+    validation.validate_config(config)
     assert config.model.nf == 128 and config.training.batch_size == 128
 
 
 @pytest.mark.parametrize("name", CONFIG_FILES)
 def test_config_loads_and_validates(name):
     config = load(name)
-    builders.validate_config(config)
-    sde = builders.build_sde(config)
-    assert builders.build_model(config) is not None and sde.N == config.sde.N
+    validation.validate_config(config)
+    sde = factories.build_sde(config)
+    assert factories.build_model(config) is not None and sde.N == config.sde.N
 
 
 @pytest.mark.parametrize("key, value, words", [
@@ -67,7 +67,7 @@ def test_impossible_values_name_the_key(key, value, words):
     config = load("swissroll_vp_mlp")
     set_key(config, key, value)
     with pytest.raises(ValueError, match=words):
-        builders.validate_config(config)
+        validation.validate_config(config)
 
 
 @pytest.mark.parametrize("key, value, words", [
@@ -82,7 +82,7 @@ def test_image_config_errors_name_the_key(key, value, words):
     config = load("fashionmnist_ve_ncsnpp")
     set_key(config, key, value)
     with pytest.raises(ValueError, match=words):
-        builders.validate_config(config)
+        validation.validate_config(config)
 
 
 def test_model_argument_it_does_not_take():
@@ -90,7 +90,7 @@ def test_model_argument_it_does_not_take():
     config.model.unlock()
     config.model.nf = 64
     with pytest.raises(ValueError, match="config.model.nf"):
-        builders.validate_config(config)
+        validation.validate_config(config)
 
 
 @pytest.mark.parametrize("override, words", [

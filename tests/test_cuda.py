@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from score_toolkit import builders
+from score_toolkit import factories
 import likelihood
 import models
 import samplers
@@ -71,8 +71,8 @@ def test_image_network_same_output_on_cpu_and_cuda():
     config = get_image_config()
     config.model.nf, config.model.ch_mult = 16, (1, 2)
     torch.manual_seed(0)
-    net = builders.build_model(config).eval()
-    sde = builders.build_sde(config)
+    net = factories.build_model(config).eval()
+    sde = factories.build_sde(config)
     x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     t = torch.full((4,), 0.5)
     with torch.no_grad():

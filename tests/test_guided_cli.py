@@ -10,8 +10,8 @@ import torch
 
 from configs.gmm_vp_mlp_cond import get_config as get_cond_config
 from configs.swissroll_vp_mlp import get_config
-from score_toolkit import builders, toy_data
-from score_toolkit.builders import set_keys
+from score_toolkit import errors, factories, toy_data, validation
+from score_toolkit.config_keys import set_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,15 +28,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (get_cond_config, {"model.num_classes": 4}, r"config.model.num_classes = 4 .*'gmm' has 8 classes"),
 ])
 def test_meaningless_guidance_settings_are_refused(config, overrides, message):
-    with pytest.raises(builders.ConfigError, match=message):
-        builders.validate_config(set_keys(config(), **overrides))
+    with pytest.raises(errors.ConfigError, match=message):
+        validation.validate_config(set_keys(config(), **overrides))
 
 
 def test_sample_labels_cycle_through_classes_or_fix_one():
     config = get_cond_config()
-    assert torch.equal(builders.sample_labels(config, 10, start=5)["y"], torch.arange(5, 15) % 8)
-    assert torch.equal(builders.sample_labels(set_keys(config, **{"sampling.class_label": 3}), 4)["y"], torch.full((4,), 3))
-    assert builders.sample_labels(get_config(), 4) == {}
+    assert torch.equal(factories.sample_labels(config, 10, start=5)["y"], torch.arange(5, 15) % 8)
+    assert torch.equal(factories.sample_labels(set_keys(config, **{"sampling.class_label": 3}), 4)["y"], torch.full((4,), 3))
+    assert factories.sample_labels(get_config(), 4) == {}
 
 
 def test_trained_conditional_toy_samples_the_asked_class_with_and_without_guidance(tmp_path):

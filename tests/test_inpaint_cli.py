@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from configs.fashionmnist_vp_ddpmpp_pretrained import get_config
-from score_toolkit import builders, data_lib
+from score_toolkit import data_lib, errors, validation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,19 +32,19 @@ def test_bad_observations_and_masks_are_refused(tmp_path):
     config = get_config()
     config.sampling.task = "inpaint"
     config.sampling.observed = str(tmp_path / "missing.npz")
-    with pytest.raises(builders.ConfigError, match="config.sampling.observed = .*missing.npz.* must name an image file"):
-        builders.validate_config(config)
+    with pytest.raises(errors.ConfigError, match="config.sampling.observed = .*missing.npz.* must name an image file"):
+        validation.validate_config(config)
     _observation(tmp_path / "small.npz", (2, 1, 28, 28))
     config.sampling.observed = str(tmp_path / "small.npz")
-    with pytest.raises(builders.ConfigError, match=r"shape \(1, 28, 28\); the data's images are uint8 of shape \(1, 32, 32\)"):
-        builders.validate_config(config)
+    with pytest.raises(errors.ConfigError, match=r"shape \(1, 28, 28\); the data's images are uint8 of shape \(1, 32, 32\)"):
+        validation.validate_config(config)
     _observation(tmp_path / "ok.npz")
     config.sampling.observed, config.sampling.mask = str(tmp_path / "ok.npz"), "diagonal"
-    with pytest.raises(builders.ConfigError, match=r"config.sampling.mask = 'diagonal' .*\['left', 'right'"):
-        builders.validate_config(config)
+    with pytest.raises(errors.ConfigError, match=r"config.sampling.mask = 'diagonal' .*\['left', 'right'"):
+        validation.validate_config(config)
     config.sampling.mask, config.sampling.method = "right", "adaptive"
-    with pytest.raises(builders.ConfigError, match="config.sampling.method = 'adaptive' .*one grid interval at a time"):
-        builders.validate_config(config)
+    with pytest.raises(errors.ConfigError, match="config.sampling.method = 'adaptive' .*one grid interval at a time"):
+        validation.validate_config(config)
 
 
 def test_inpainting_with_the_shipped_model_keeps_the_observed_half(tmp_path):

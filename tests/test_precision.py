@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from configs.image_defaults import get_image_config
-from score_toolkit import builders
 from score_toolkit import checkpoints
 from score_toolkit import data_lib
+from score_toolkit import errors
+from score_toolkit import factories
+from score_toolkit import runtime
 from score_toolkit import training
-from score_toolkit.builders import set_keys
+from score_toolkit import validation
+from score_toolkit.config_keys import set_keys
 from tests.test_training import assert_same_state, small_config
 
 # Largest relative difference allowed between a bf16 / fp16 run's logged losses and fp32's over the
@@ -64,11 +67,11 @@ def test_tf32_on_cpu_is_fp32_bit_for_bit(tmp_path, caplog):
 
 
 def one_step_setup(config):
-    net = builders.validate_config(config)
+    net = validation.validate_config(config)
     state = training.TrainState(config, net)
-    sde = builders.build_sde(config)
+    sde = factories.build_sde(config)
     batch, _ = data_lib.load(config).train_batch(config.training.batch_size, state.generator)
-    return state, builders.build_loss(config, sde), builders.build_precond(config, sde, state.model), batch
+    return state, factories.build_loss(config, sde), factories.build_precond(config, sde, state.model), batch
 
 
 def test_fp16_overflow_skips_the_step_and_says_so(tmp_path, monkeypatch, caplog):
@@ -93,7 +96,7 @@ def test_fp16_overflows_do_not_stop_training_but_a_nan_loss_does(tmp_path, monke
         _, rows = run(tmp_path, "overflow", max_steps=40, **{"training.precision": "fp16"})
     assert caplog.text.count("optimizer step skipped") >= 20  # 2^40 halves to below 2^20 before steps succeed
     assert rows[-1]["step"] == 40 and rows[-1]["loss_scale"] < 2.0 ** 20
-    real = builders.build_loss
+    real = factories.build_loss
 
     def poisoned(config, sde):
         fn, calls = real(config, sde), [0]
@@ -104,7 +107,7 @@ def test_fp16_overflows_do_not_stop_training_but_a_nan_loss_does(tmp_path, monke
 
         return loss_fn
 
-    monkeypatch.setattr(training.builders, "build_loss", poisoned)
+    monkeypatch.setattr(training.factories, "build_loss", poisoned)
     with pytest.raises(training.TrainingDiverged, match=r"loss is nan at step 15"):
         run(tmp_path, "nan", **{"training.precision": "fp16"})
 
@@ -144,12 +147,12 @@ def test_channels_last_trains_the_same_step(monkeypatch):
     results = []
     for channels_last in (False, True):
         c = tiny_image_config(**{"training.channels_last": channels_last})
-        state = training.TrainState(c, builders.validate_config(c))
-        sde = builders.build_sde(c)
+        state = training.TrainState(c, validation.validate_config(c))
+        sde = factories.build_sde(c)
         x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        loss, _ = training.train_step(state, builders.build_loss(c, sde), builders.build_precond(c, sde, state.model), x, c)
+        loss, _ = training.train_step(state, factories.build_loss(c, sde), factories.build_precond(c, sde, state.model), x, c)
         conv = next(p for p in state.model.parameters() if p.ndim == 4)
         assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
         results.append((loss, [p.detach().clone() for p in state.model.parameters()]))
@@ -177,25 +180,25 @@ def test_compile_flag_compiles_the_training_forward_only(tmp_path, monkeypatch):
     ("training.channels_last", True, r"config.training.channels_last = True is not allowed: .*point data"),
 ])
 def test_bad_speed_options_are_refused(key, value, message):
-    with pytest.raises(builders.ConfigError, match=message):
-        builders.validate_config(small_config(**{key: value}))
+    with pytest.raises(errors.ConfigError, match=message):
+        validation.validate_config(small_config(**{key: value}))
 
 
 def test_what_this_torch_runs_on_the_cpu():
     """The facts the checks rely on here: CPU autocast takes both half types, and fused Adam runs on the CPU."""
-    assert builders.autocast_supported("cpu", torch.bfloat16) and builders.autocast_supported("cpu", torch.float16)
-    assert builders.fused_adam_supported(torch.device("cpu"))
+    assert runtime.autocast_supported("cpu", torch.bfloat16) and runtime.autocast_supported("cpu", torch.float16)
+    assert runtime.fused_adam_supported(torch.device("cpu"))
 
 
 def test_device_limits_are_refused_before_any_work(monkeypatch):
-    monkeypatch.setattr(builders, "get_device", lambda config: torch.device("cuda"))
+    monkeypatch.setattr(runtime, "get_device", lambda config: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
-    with pytest.raises(builders.ConfigError, match=r"training.precision = 'bf16' .*Tesla V100 does not support bfloat16"):
-        builders.validate_config(small_config(**{"training.precision": "bf16"}))
-    monkeypatch.setattr(builders, "autocast_supported", lambda device_type, dtype: False)
-    with pytest.raises(builders.ConfigError, match=r"training.precision = 'fp16' .*no torch.float16 autocast on cuda"):
-        builders.validate_config(small_config(**{"training.precision": "fp16"}))
-    monkeypatch.setattr(builders, "fused_adam_supported", lambda device: False)
-    with pytest.raises(builders.ConfigError, match=r"optim.impl = 'fused' .*no fused Adam on cuda; use 'foreach'"):
-        builders.validate_config(small_config(**{"optim.impl": "fused"}))
+    with pytest.raises(errors.ConfigError, match=r"training.precision = 'bf16' .*Tesla V100 does not support bfloat16"):
+        validation.validate_config(small_config(**{"training.precision": "bf16"}))
+    monkeypatch.setattr(runtime, "autocast_supported", lambda device_type, dtype: False)
+    with pytest.raises(errors.ConfigError, match=r"training.precision = 'fp16' .*no torch.float16 autocast on cuda"):
+        validation.validate_config(small_config(**{"training.precision": "fp16"}))
+    monkeypatch.setattr(runtime, "fused_adam_supported", lambda device: False)
+    with pytest.raises(errors.ConfigError, match=r"optim.impl = 'fused' .*no fused Adam on cuda; use 'foreach'"):
+        validation.validate_config(small_config(**{"optim.impl": "fused"}))

@@ -3,7 +3,7 @@ import os
 
 import torch
 
-from score_toolkit import builders
+from score_toolkit import factories
 from score_toolkit import evaluation
 import models
 import samplers
@@ -19,7 +19,7 @@ def test_pretrained_weights_sample_fashion_mnist_statistics():
     config = get_config()  # test_configs validates it with every other config
     model, step = evaluation.load_ema_model(config, workdir="unused: the weights file is configured")
     assert step == 5675
-    sde = builders.build_sde(config)
+    sde = factories.build_sde(config)
     with torch.no_grad():
         x, nfe = samplers.ode_sample(sde, models.get_score_fn(sde, model), (16, 1, 32, 32), method="rk4", steps=10,
                                      denoise=True, seed=0)

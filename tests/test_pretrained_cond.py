@@ -3,7 +3,7 @@ import torch
 
 import samplers
 from configs.fashionmnist_vp_ddpmpp_cond_pretrained import get_config
-from score_toolkit import builders, evaluation
+from score_toolkit import evaluation, factories
 
 # Mean pixel value (padded 32x32, in [0, 1]) of each class's training images, and its spread over
 # images: sandals (5) and sneakers (7) are dark, pullovers (2) and coats (4) bright.
@@ -14,8 +14,8 @@ def test_guided_samples_of_each_class_have_its_brightness():
     config = get_config()
     model, step = evaluation.load_ema_model(config, workdir="unused: the weights file is configured")
     assert step == 3150
-    sde = builders.build_sde(config)
-    score = builders.build_score_fn(config, sde, model)
+    sde = factories.build_sde(config)
+    score = factories.build_score_fn(config, sde, model, torch.device("cpu"))
     y = torch.tensor([1, 4, 5, 8]).repeat_interleave(8)
     x, nfe = samplers.dpmpp_2m_sample(sde, score, (32, 1, 32, 32), steps=10, seed=0, y=y)
     assert nfe == 10

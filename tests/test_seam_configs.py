@@ -6,8 +6,8 @@ import torch
 from configs.fashionmnist_vp_ddpmpp import get_config as get_image_config
 from configs.swissroll_vp_mlp import get_config
 import sde_lib
-from score_toolkit import builders, data_lib
-from score_toolkit.builders import set_keys
+from score_toolkit import data_lib, errors, factories, validation
+from score_toolkit.config_keys import set_keys
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -21,29 +21,29 @@ from score_toolkit.builders import set_keys
     ({"sampling.method": "ddim2"}, r"config.sampling.method = 'ddim2' .*must be one of"),
 ])
 def test_meaningless_combinations_are_refused(overrides, message):
-    with pytest.raises(builders.ConfigError, match=message):
-        builders.validate_config(set_keys(get_config(), **overrides))
+    with pytest.raises(errors.ConfigError, match=message):
+        validation.validate_config(set_keys(get_config(), **overrides))
 
 
 def test_data_and_model_centering_must_agree():
     config = set_keys(get_image_config(), **{"data.centered": False})
-    with pytest.raises(builders.ConfigError, match=r"config.model.centered = True .*must equal config.data.centered = False"):
-        builders.validate_config(config)
+    with pytest.raises(errors.ConfigError, match=r"config.model.centered = True .*must equal config.data.centered = False"):
+        validation.validate_config(config)
 
 
 def test_every_sde_argument_comes_from_the_config():
     config = set_keys(get_config(), **{"sde.schedule": "cosine", "sde.beta_max": 999.0, "sde.cosine_s": 0.02})
-    sde = builders.build_sde(config)
+    sde = factories.build_sde(config)
     assert (sde.schedule, sde.cosine_s) == ("cosine", 0.02)
     ve_config = set_keys(get_config(), **{"sde.name": "vesde"})
-    assert builders.sde_kwargs(ve_config, sde_lib.VESDE) == {"sigma_min": 0.01, "sigma_max": 50.0, "N": 1000}
+    assert factories.sde_kwargs(ve_config, sde_lib.VESDE) == {"sigma_min": 0.01, "sigma_max": 50.0, "N": 1000}
 
 
 def test_validate_builds_the_network_as_training_seeds_it():
     config = get_config()
-    net = builders.validate_config(config)
+    net = validation.validate_config(config)
     torch.manual_seed(config.seed)
-    again = builders.build_model(config)
+    again = factories.build_model(config)
     for a, b in zip(net.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
 
@@ -63,6 +63,6 @@ def test_labelled_point_data_yield_labels_and_unlabelled_none():
 
 def test_the_sampler_named_in_the_config_is_built_with_its_own_keys():
     config = set_keys(get_config(), **{"sampling.method": "pc", "sampling.corrector_options.norm": "sample"})
-    assert builders.corrector_options(config) == {"norm": "sample"}
+    assert factories.corrector_options(config) == {"norm": "sample"}
     config = set_keys(get_config(), **{"sampling.corrector": "ald"})
-    assert builders.corrector_options(config) == {}
+    assert factories.corrector_options(config) == {}

@@ -10,12 +10,12 @@ import time
 import pytest
 import torch
 
-from score_toolkit import builders
+from score_toolkit import factories
 from score_toolkit import checkpoints
 from score_toolkit import evaluation
 from score_toolkit import training
 from configs.swissroll_vp_mlp import get_config
-from score_toolkit.builders import set_keys
+from score_toolkit.config_keys import set_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -171,7 +171,7 @@ def test_checkpoint_with_code_is_refused_not_run(tmp_path):
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    real = builders.build_loss
+    real = factories.build_loss
 
     def poisoned(config, sde):
         fn, calls = real(config, sde), [0]
@@ -183,7 +183,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, monkeypatc
 
         return loss_fn
 
-    monkeypatch.setattr(training.builders, "build_loss", poisoned)
+    monkeypatch.setattr(training.factories, "build_loss", poisoned)
     with pytest.raises(FloatingPointError, match=r"loss is nan at step 15.*checkpoint_10\.pt"):
         training.train(small_config(), str(tmp_path))
     assert [s for s, _ in checkpoints.list_checkpoints(str(tmp_path / "checkpoints"))] == [10]

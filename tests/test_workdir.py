@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from score_toolkit import builders
 from score_toolkit import checkpoints
 from score_toolkit import data_lib
+from score_toolkit import errors
 from score_toolkit import evaluation
 from score_toolkit import plotting
+from score_toolkit import run_config
 from score_toolkit import training
 from configs.swissroll_subvp_mlp import get_config as subvp_config
 from configs.swissroll_ve_mlp import get_config as ve_config
@@ -61,7 +62,7 @@ def test_run_time_keys_may_change_and_are_logged(tmp_path, caplog):
     assert training.train(longer, workdir).step == 20
     assert "training.n_iters 10 -> 20" in caplog.text and "sampling.method 'pc' -> 'ode'" in caplog.text
     assert (tmp_path / "config.json").read_text() == reference  # the reference stays what the workdir was made with
-    refused, allowed = builders.config_differences(json.loads(reference), longer)
+    refused, allowed = run_config.config_differences(json.loads(reference), longer)
     assert refused == [] and [k for k, _, _ in allowed] == ["sampling.method", "training.log_freq", "training.n_iters"]
 
 
@@ -93,13 +94,13 @@ def test_nothing_is_written_before_the_inputs_are_checked(tmp_path):
     from configs.fashionmnist_vp_ddpmpp import get_config as image_config
     c = image_config()
     c.data.root = str(tmp_path / "absent")
-    with pytest.raises(builders.MissingInputError, match="no IDX file .*absent/train-images-idx3-ubyte"):
+    with pytest.raises(errors.MissingInputError, match="no IDX file .*absent/train-images-idx3-ubyte"):
         training.train(c, str(tmp_path / "w"))
     c.eval.weights_path, c.eval.feature_extractor = "", "classifier"
     c.eval.feature_path, c.eval.stats_path = str(tmp_path / "clf.pt"), str(tmp_path / "stats.npz")
-    with pytest.raises(builders.MissingInputError, match="config.eval.feature_path = .*clf.pt'?: no such file"):
+    with pytest.raises(errors.MissingInputError, match="config.eval.feature_path = .*clf.pt'?: no such file"):
         data_lib.check_quality_files(c)
-    with pytest.raises(builders.MissingInputError, match="train first"):
+    with pytest.raises(errors.MissingInputError, match="train first"):
         evaluation.sample(tiny(vp_config), str(tmp_path / "w"))
     assert os.listdir(tmp_path) == []
 

@@ -1,0 +1,21 @@
+"""Dotted config keys ("training.n_iters"): read one (`get_key`), set several (`set_keys`).
+Nothing here imports torch."""
+
+
+def get_key(config, key: str):
+    """The value of a dotted key: get_key(config, "training.n_iters") is config.training.n_iters."""
+    node = config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def set_keys(config, **overrides):
+    """Set dotted config keys ("training.n_iters": 5, ...) in place; returns the config."""
+    for key, value in overrides.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return config

@@ -1,0 +1,34 @@
+"""The errors a user can fix, and the one way a refused config value is phrased.
+
+`UserError` and its kinds (`ConfigError`, `MissingInputError`) are what the command line prints as
+`error: <message>` with no traceback; `require` raises the ConfigError that names the key, the bad
+value and what is allowed. Nothing here imports torch, so the command line can use it before any work.
+"""
+
+
+class UserError(Exception):
+    """Something the user can fix: a config value, a missing file, a workdir made with another config.
+    The command line prints the message alone (`error: <message>`, no traceback) and exits with
+    `exit_code`. `make_with`, where set, names the --mode that makes the missing input: the command
+    line appends that command, ready to paste."""
+
+    exit_code = 2
+    make_with = None
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work; the message names the key."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """A file or folder the run reads is not there (data, checkpoint, feature network, statistics)."""
+
+    def __init__(self, message: str, make_with=None):
+        super().__init__(message)
+        self.make_with = make_with
+
+
+def require(ok: bool, key: str, value, allowed: str) -> None:
+    """ConfigError `config.<key> = <value> is not allowed: <allowed>` unless `ok`."""
+    if not ok:
+        raise ConfigError(f"config.{key} = {value!r} is not allowed: {allowed}")

@@ -1,0 +1,202 @@
+"""Config -> objects: one factory each for the SDE, the network and its preconditioning wrapper,
+the score that sampling uses (guided or not), the class labels samples are drawn for, the loss and
+the sampler (plain, or inpainting / colorization), shared by training, evaluation and sampling.
+Each reads its settings from the config; the ones that place tensors (the guided score, the
+samplers) are told the device, which under torchrun is this rank's rather than config.device.
+`validation.validate_config` runs them once before any work; a value it could not foresee still
+fails here as a ConfigError naming the key."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+
+from score_toolkit import losses
+from score_toolkit import noisy_classifier
+from score_toolkit.errors import ConfigError, require
+import models
+import samplers
+import sde_lib
+
+Tensor = torch.Tensor
+MODEL_META_KEYS = ("name", "ema_rate", "parametrization")  # config.model keys that are not network arguments
+
+
+def sde_kwargs(config, cls) -> dict:
+    """The config.sde keys that `cls.__init__` takes (every constructor argument is settable)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: config.sde[k] for k in params if k != "self" and k in config.sde}
+
+
+def build_sde(config) -> sde_lib.SDE:
+    """The SDE named by config.sde.name, built from the config.sde keys its constructor takes."""
+    names = sde_lib.SDES.names()
+    require(config.sde.name in names, "sde.name", config.sde.name, f"must be one of {sorted(names)}")
+    cls = sde_lib.SDES.get(config.sde.name)
+    try:
+        return cls(**sde_kwargs(config, cls))
+    except ValueError as e:
+        raise ConfigError(f"config.sde: {e}") from e
+
+
+def model_kwargs(config) -> dict:
+    return {k: v for k, v in config.model.items() if k not in MODEL_META_KEYS}
+
+
+def build_model(config) -> torch.nn.Module:
+    """The registered network config.model.name, built from the other config.model keys."""
+    try:
+        cls = models.get_model(config.model.name)
+    except ValueError as e:
+        raise ConfigError(f"config.model.name: {e}") from e
+    kwargs = model_kwargs(config)
+    accepted = inspect.signature(cls.__init__).parameters
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
+        raise ConfigError(f"config.model.{unknown[0]}: model {config.model.name!r} takes no argument "
+                          f"{unknown[0]!r}; it takes {sorted(k for k in accepted if k != 'self')}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.model: {e}") from e
+
+
+def build_precond(config, sde: sde_lib.SDE, net: torch.nn.Module) -> models.Precond:
+    """The wrapper that turns `net`'s output into scores, x0 and eps estimates (`models.precond`)."""
+    param = config.model.parametrization
+    return models.Precond(sde, net, None if param == "auto" else param, continuous=config.training.continuous)
+
+
+def num_classes(config) -> int:
+    """The number of classes sampling draws labels from: the network's, or the noisy classifier's."""
+    if config.model.num_classes > 0:
+        return config.model.num_classes
+    if config.sampling.guidance == "classifier" and config.sampling.classifier_path:
+        return noisy_classifier.load_noisy_classifier(config.sampling.classifier_path, "cpu")[0].num_classes
+    return 0
+
+
+def build_score_fn(config, sde: sde_lib.SDE, net: torch.nn.Module, device: torch.device):
+    """The score samplers use: the wrapped network, guided by config.sampling.guidance at
+    config.sampling.guidance_scale when that is > 0 (classifier-free: `samplers.cfg_score`, one
+    batched call per step; classifier: `samplers.classifier_guided_score` with the noisy classifier,
+    loaded onto `device`, where `net` is)."""
+    model, s = build_precond(config, sde, net), config.sampling
+    if s.guidance_scale == 0:
+        return model
+    if s.guidance == "cfg":
+        return samplers.cfg_score(model, s.guidance_scale, null_label=config.model.num_classes)
+    classifier, _, _ = noisy_classifier.load_noisy_classifier(s.classifier_path, device)
+    return samplers.classifier_guided_score(model, noisy_classifier.classifier_logits_fn(classifier, sde),
+                                            s.guidance_scale, num_classes=classifier.num_classes)
+
+
+def label_sampler(config) -> Callable[..., dict]:
+    """labels(n, start=0): the conditioning of samples start .. start + n, {"y": labels [n]} when
+    sampling is class-conditional (class sampling.class_label, or every class in turn: sample i gets
+    class i mod K), else {}. The number of classes is looked up once, here."""
+    conditional = config.model.num_classes > 0 or config.sampling.guidance_scale > 0
+    K, k = (num_classes(config) if conditional else 0), config.sampling.class_label
+
+    def labels(n: int, start: int = 0) -> dict:
+        if K == 0:
+            return {}
+        return {"y": torch.full((n,), k) if k >= 0 else torch.arange(start, start + n) % K}
+
+    return labels
+
+
+def sample_labels(config, n: int, start: int = 0) -> dict:
+    """`label_sampler(config)(n, start)`, for a single batch."""
+    return label_sampler(config)(n, start)
+
+
+def build_loss(config, sde: sde_lib.SDE) -> Callable:
+    t = config.training
+    try:
+        return losses.get_loss_fn(sde, continuous=t.continuous, weighting=t.weighting,
+                                  importance_sampling=t.importance_sampling, reduce=t.reduce, eps=t.eps)
+    except ValueError as e:
+        raise ConfigError(f"config.training: {e}") from e
+
+
+def build_sampler(config, sde: sde_lib.SDE, device: torch.device,
+                  grid: Optional[Tensor] = None) -> Callable[..., Tuple[Tensor, int]]:
+    """sample(score_fn, shape, seed, start=0, **cond) -> (x, nfe) with the configured sampler, on
+    `device` (the seed drives a generator on that device: the same seed gives other samples on
+    another). `start`, the index of the batch's first sample, matters only to `build_task_sampler`.
+
+    "pc" and "ode" read their own keys (predictor, corrector, N, ode_method, ...); every other
+    registered sampler gets steps, grid (explicit times `grid`, else config.sampling.grid, "" for its
+    default) and eps, plus each config.sampling key named like one of its keyword arguments (eta,
+    order, s_churn, rtol, ...)."""
+    s = config.sampling
+    if s.method == "ode":
+        def sample(score_fn, shape, seed, start: int = 0, **cond):
+            return samplers.ode_sample(sde, score_fn, shape, rtol=s.rtol, atol=s.atol, eps=s.eps, method=s.ode_method,
+                                       steps=s.ode_steps, denoise=s.denoise, seed=seed, device=device, **_on(cond, device))
+    elif s.method == "pc":
+        def sample(score_fn, shape, seed, start: int = 0, **cond):
+            return samplers.pc_sample(sde, score_fn, shape, predictor=s.predictor, corrector=s.corrector, snr=s.snr,
+                                      n_steps=s.n_steps, N=s.N, eps=s.eps, denoise=s.denoise, seed=seed,
+                                      device=device, corrector_options=corrector_options(config), **_on(cond, device))
+    else:
+        fn, extra = samplers.get_sampler(s.method), sampler_options(config)
+        times = (s.grid or None) if grid is None else grid
+
+        def sample(score_fn, shape, seed, start: int = 0, **cond):
+            return fn(sde, score_fn, shape, steps=s.steps, grid=times, eps=s.eps, seed=seed, device=device,
+                      **extra, **_on(cond, device))
+    return sample
+
+
+def sampler_options(config) -> Dict[str, Any]:
+    """The config.sampling keys named like keyword arguments of sampling.method's function (eta,
+    order, s_churn, rtol, ...), besides the ones every sampler takes."""
+    s = config.sampling
+    params = inspect.signature(samplers.get_sampler(s.method)).parameters
+    return {k: s[k] for k in params if k in s and k not in _COMMON_SAMPLING}
+
+
+def build_task_sampler(config, sde: sde_lib.SDE, device: torch.device, observed: Tensor, mask: Optional[Tensor]):
+    """sample(score_fn, shape, seed, start=0, **cond) on `device` for config.sampling.task: inpainting
+    (observed [N, C, H, W] in model space, known where mask [C, H, W] is 1) or colorization (the gray
+    level of observed is known), with the configured sampler one grid interval at a time and
+    config.sampling.resample RePaint passes. Sample i completes observed[i mod N]."""
+    s = config.sampling
+    if s.method == "pc":
+        steps, options = s.N, {"predictor": s.predictor, "corrector": s.corrector, "snr": s.snr,
+                               "n_steps": s.n_steps, "corrector_options": corrector_options(config)}
+    elif s.method == "ode":
+        steps, options = s.ode_steps, {"method": s.ode_method}
+    else:  # denoise is passed below, to the task sampler
+        steps, options = s.steps, {k: v for k, v in sampler_options(config).items() if k != "denoise"}
+    common = dict(sampler=s.method, steps=steps, resample=s.resample, eps=s.eps, denoise=s.denoise,
+                  device=device, sampler_options=options)
+
+    def sample(score_fn, shape, seed, start: int = 0, **cond):
+        y = observed[torch.arange(start, start + shape[0]) % len(observed)].to(device)
+        if s.task == "inpaint":
+            return samplers.inpaint_sample(sde, score_fn, shape, y=y, mask=mask.to(device), seed=seed, **common,
+                                           **_on(cond, device))
+        return samplers.colorize_sample(sde, score_fn, shape, gray=y.mean(1, keepdim=True), seed=seed, **common,
+                                        **_on(cond, device))
+
+    return sample
+
+
+def _on(cond: dict, device) -> dict:
+    return {k: v.to(device) for k, v in cond.items()}
+
+
+# Sampler arguments that build_sampler sets itself, or that mean something else in config.sampling.
+_COMMON_SAMPLING = ("steps", "grid", "eps", "seed", "device", "N", "n_steps", "method", "batch_size", "n_samples",
+                    "class_label", "guidance", "guidance_scale", "classifier_path", "classifier_steps",
+                    "task", "observed", "mask", "resample")
+
+
+def corrector_options(config) -> dict:
+    """config.sampling.corrector_options, limited to what the configured corrector takes."""
+    takes = inspect.signature(samplers.get_corrector(config.sampling.corrector).__init__).parameters
+    return {k: v for k, v in config.sampling.corrector_options.items() if k in takes}

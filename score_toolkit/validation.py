@@ -1,0 +1,241 @@
+"""Every check of a config that can fail before training or evaluation starts (`validate_config`),
+each failing with a ConfigError that names the key, the bad value and what is allowed: the numbers'
+ranges, the device and what it runs (precision, memory format, Adam's implementation), the SDE,
+loss and network the factories build from it, the sampler and its grid, guidance and labels, the
+inpainting and colorization tasks, and the data set; and that torchrun's world size divides the
+batch (`check_world_size`)."""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+import torch
+
+from score_toolkit import data_lib
+from score_toolkit import factories
+from score_toolkit import image_data
+from score_toolkit import runtime
+from score_toolkit import toy_data
+from score_toolkit.config_keys import get_key
+from score_toolkit.errors import ConfigError, require
+import models
+import samplers
+
+
+def validate_config(config: ml_collections.ConfigDict) -> torch.nn.Module:
+    """Every check that can fail before training or evaluation starts. Returns the network, built
+    (on the CPU) with the weights that torch.manual_seed(config.seed) gives, so callers need not
+    build it again."""
+    _one_of(config, "data.kind", ("points", "images"))
+    _positive(config, "num_threads", integer=True, allow_zero=True)
+    runtime.get_device(config)
+    for key in ("training.batch_size", "training.n_iters", "training.log_freq",
+                "training.snapshot_freq", "training.checkpoint_freq", "training.keep_checkpoints",
+                "sampling.N", "sampling.n_steps", "sampling.steps", "sampling.n_samples", "sampling.batch_size",
+                "eval.batch_size", "eval.n_nll", "eval.n_samples", "eval.n_probes", "sde.N"):
+        _positive(config, key, integer=True)
+    for key in ("optim.lr", "sampling.snr", "sampling.rtol", "sampling.atol", "eval.nll_rtol", "eval.nll_atol"):
+        _positive(config, key)
+    for key in ("optim.weight_decay", "optim.grad_clip", "optim.warmup"):
+        _positive(config, key, allow_zero=True)
+    require(0 <= config.model.ema_rate < 1, "model.ema_rate", config.model.ema_rate, "must lie in [0, 1)")
+    require(0 <= config.optim.beta1 < 1, "optim.beta1", config.optim.beta1, "must lie in [0, 1)")
+    _validate_speed_options(config)
+    sde = factories.build_sde(config)
+    for key in ("training.eps", "sampling.eps", "eval.nll_eps"):
+        value = get_key(config, key)
+        require(isinstance(value, float) and 0 < value < sde.T, key, value, f"must lie in (0, T) = (0, {sde.T:g})")
+    _validate_sampling(config)
+    _one_of(config, "eval.divergence", ("exact", "rademacher", "gaussian"))
+    factories.build_loss(config, sde)
+    _validate_parametrization(config, sde)
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG stays as it was
+        torch.manual_seed(config.seed)
+        net = factories.build_model(config)
+    weights = config.eval.weights_path
+    require(not weights or os.path.isfile(weights), "eval.weights_path", weights,
+            "must name an existing file written by --mode export, or be '' to use the workdir's checkpoints")
+    _validate_labels(config)
+    if config.data.kind == "points":
+        _one_of(config, "data.name", toy_data.DATASETS)
+        _positive(config, "data.n_train", integer=True)
+        _positive(config, "data.n_test", integer=True)
+    else:
+        _validate_images(config)
+    return net
+
+
+def check_world_size(config, world_size: int) -> None:
+    """Data-parallel training splits each global batch of config.training.batch_size rows evenly
+    over the world_size processes that torchrun started."""
+    batch = config.training.batch_size
+    require(world_size <= 1 or batch % world_size == 0, "training.batch_size", batch,
+            f"must be divisible by the world size {world_size} (the number of processes torchrun started)")
+
+
+def _validate_speed_options(config) -> None:
+    """Precision, memory format, Adam's implementation and compilation: values the device can run."""
+    device = runtime.get_device(config)
+    _one_of(config, "training.precision", runtime.PRECISIONS)
+    precision = config.training.precision
+    if precision == "bf16" and device.type == "cuda":
+        require(torch.cuda.is_bf16_supported(), "training.precision", precision,
+                f"{torch.cuda.get_device_name(device)} does not support bfloat16; use 'fp16', 'tf32' or 'fp32'")
+    dtypes = runtime.AUTOCAST_DTYPES
+    if precision in dtypes:
+        require(runtime.autocast_supported(device.type, dtypes[precision]), "training.precision", precision,
+                f"torch {torch.__version__} has no {dtypes[precision]} autocast on {device.type}; "
+                f"use one of {[p for p in runtime.PRECISIONS if p not in dtypes]}")
+    for key in ("training.channels_last", "compile"):
+        require(isinstance(get_key(config, key), bool), key, get_key(config, key), "must be True or False")
+    require(not config.training.channels_last or config.data.kind == "images", "training.channels_last", True,
+            "channels_last is a memory format of images [B, C, H, W]; set it False for point data")
+    _one_of(config, "optim.impl", runtime.OPTIM_IMPLS)
+    if config.optim.impl == "fused":
+        require(runtime.fused_adam_supported(device), "optim.impl", "fused",
+                f"torch {torch.__version__} has no fused Adam on {device.type}; use 'foreach' or 'default'")
+
+
+def _validate_sampling(config) -> None:
+    _one_of(config, "sampling.method", samplers.list_samplers())
+    _one_of(config, "sampling.predictor", samplers.list_predictors())
+    _one_of(config, "sampling.corrector", samplers.list_correctors())
+    _one_of(config, "sampling.ode_method", samplers.ode_methods())
+    grid = config.sampling.grid
+    require(grid in ("", "fitted") or grid in samplers.list_grids(), "sampling.grid", grid,
+            f"must be '' (the sampler's default), 'fitted' or one of {samplers.list_grids()}")
+    if grid == "fitted":
+        _validate_fitted_grid(config)
+    _validate_guidance(config)
+    _validate_task(config)
+
+
+def _validate_fitted_grid(config) -> None:
+    """sampling.grid = "fitted": a deterministic sampler that steps along the grid it is given (not
+    pc / ode, which read N / ode_steps), no inpainting task, and a pilot of at least 2 draws."""
+    s = config.sampling
+    require(s.method not in ("pc", "ode"), "sampling.grid", s.grid,
+            f"needs a sampler that takes sampling.steps and sampling.grid; sampling.method = {s.method!r} reads "
+            f"{'sampling.N' if s.method == 'pc' else 'sampling.ode_steps'} instead (try unipc or dpmpp_2m)")
+    try:
+        samplers.fitted_grid.check_fittable(s.method, factories.sampler_options(config), factories.build_sde(config))
+    except ValueError as e:
+        raise ConfigError(f"sampling.grid = 'fitted' with sampling.method = {s.method!r}: {e}") from e
+    require(s.task == "none", "sampling.grid", s.grid, f"needs sampling.task = 'none', not {s.task!r}")
+    require(isinstance(s.fit_pilot, int) and s.fit_pilot >= 2, "sampling.fit_pilot", s.fit_pilot,
+            "must be an integer >= 2 (pilot draws)")
+    _positive(config, "sampling.fit_evals", integer=True, allow_zero=True)
+
+
+def _validate_task(config) -> None:
+    """Inpainting and colorization: image data, an observation file, and a sampler that steps one interval."""
+    s = config.sampling
+    _one_of(config, "sampling.task", ("none", "inpaint", "colorize"))
+    _positive(config, "sampling.resample", integer=True)
+    if s.task == "none":
+        return
+    require(config.data.kind == "images", "sampling.task", s.task, "needs image data (config.data.kind = 'images')")
+    require(bool(s.observed) and os.path.isfile(s.observed), "sampling.observed", s.observed,
+            f"must name an image file (.png, or .npz of uint8 'samples') for sampling.task = {s.task!r}")
+    own_steps = s.method == "adaptive" or (s.method == "ode" and samplers.ode.chooses_own_steps(s.ode_method))
+    require(not own_steps, "sampling.method", s.method,
+            "must step one grid interval at a time for inpainting: any sampler but 'adaptive' ('ode' with a "
+            "fixed-step sampling.ode_method such as 'rk4')")
+    if s.task == "colorize":
+        require(config.data.num_channels == 3, "sampling.task", s.task, "colorization needs 3-channel images")
+    shape = (config.data.num_channels, config.data.image_size, config.data.image_size)
+    try:  # shapes and mask names now, before any work
+        data_lib.load_observed(s.observed, shape)
+        if s.task == "inpaint":
+            data_lib.inpainting_mask(s.mask, shape)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def _validate_guidance(config) -> None:
+    """Labels, guidance and the network agree: guidance needs labels to guide towards."""
+    s, K = config.sampling, config.model.num_classes
+    _one_of(config, "sampling.guidance", ("cfg", "classifier"))
+    _positive(config, "sampling.guidance_scale", allow_zero=True)
+    _positive(config, "model.num_classes", integer=True, allow_zero=True)
+    if s.guidance_scale > 0 and s.guidance == "cfg":
+        require(K > 0, "sampling.guidance_scale", s.guidance_scale,
+                "classifier-free guidance needs a class-conditional network, and config.model.num_classes = 0; "
+                "set sampling.guidance_scale = 0, or sampling.guidance = 'classifier' with a noisy classifier")
+    if s.guidance_scale > 0 and s.guidance == "classifier":
+        path = s.classifier_path
+        require(bool(path) and os.path.isfile(path), "sampling.classifier_path", path,
+                "must name a noise-conditional classifier written by --mode noisy_classifier when "
+                "sampling.guidance = 'classifier' and sampling.guidance_scale > 0")
+    limit, k = (K if K > 0 else (factories.num_classes(config) if s.guidance_scale > 0 else 0)), s.class_label
+    require(isinstance(k, int) and not isinstance(k, bool) and (k == -1 or 0 <= k < limit),
+            "sampling.class_label", k,
+            f"must be -1 (every class in turn) or a class in [0, {limit})" if limit else
+            "must be -1: the network is unconditional (config.model.num_classes = 0) and no classifier guides it")
+
+
+def _validate_parametrization(config, sde) -> None:
+    """Combinations of network and SDE settings that mean nothing are refused, naming both keys."""
+    m = config.model
+    require(m.parametrization in ("auto",) + models.PARAMETRIZATIONS, "model.parametrization", m.parametrization,
+            f"must be 'auto' (the SDE's default: {sde.parametrization!r} for {config.sde.name}) or one of "
+            f"{list(models.PARAMETRIZATIONS)}")
+    if m.get("scale_by_sigma", False):
+        require(sde.conditioning == "sigma", "model.scale_by_sigma", True,
+                f"the network divides its output by its noise label, which is 999 t, not sigma, for "
+                f"config.sde.name = {config.sde.name!r}; use scale_by_sigma=False or a VE SDE")
+        param = sde.parametrization if m.parametrization == "auto" else m.parametrization
+        require(param == "score", "model.scale_by_sigma", True,
+                f"a network that divides by sigma predicts the score, but config.model.parametrization = "
+                f"{m.parametrization!r} ({param!r})")
+    if "centered" in m and "centered" in config.data:
+        require(m.centered == config.data.centered, "model.centered", m.centered,
+                f"must equal config.data.centered = {config.data.centered!r} (the network would rescale "
+                f"data that are already in its range, or miss data that are not)")
+
+
+# Labels of the data sets that have them (the folder data set's depend on its folders).
+DATA_CLASSES = {"gmm": 8, "fashion_mnist": 10, "mnist": 10, "cifar10": 10}
+
+
+def _validate_labels(config) -> None:
+    """A class-conditional network needs a data set with labels, and a class for every label."""
+    K, name = config.model.num_classes, config.data.name.lower().replace("-", "_")
+    if K == 0 or name == "folder":
+        return
+    require(name in DATA_CLASSES, "model.num_classes", K,
+            f"config.data.name = {config.data.name!r} has no labels; a class-conditional network needs one of "
+            f"{sorted(DATA_CLASSES)} (or num_classes = 0)")
+    require(K >= DATA_CLASSES[name], "model.num_classes", K,
+            f"config.data.name = {config.data.name!r} has {DATA_CLASSES[name]} classes; num_classes must be at least that")
+
+
+def _validate_images(config) -> None:
+    name = config.data.name.lower().replace("-", "_")
+    require(name in image_data.KNOWN_DATASETS, "data.name", config.data.name,
+            f"must be one of {list(image_data.KNOWN_DATASETS)}")
+    _positive(config, "data.image_size", integer=True)
+    _one_of(config, "data.num_channels", (1, 3))
+    _positive(config, "data.pad_to", integer=True, allow_zero=True)
+    for key in ("model.image_size", "model.num_channels"):
+        data_key = "data." + key.split(".")[1]
+        require(get_key(config, key) == get_key(config, data_key), key, get_key(config, key),
+                f"must equal config.{data_key} = {get_key(config, data_key)!r}")
+    _one_of(config, "eval.feature_extractor", ("none", "classifier", "inception"))
+    if config.eval.feature_extractor != "none":
+        for key in ("eval.feature_path", "eval.stats_path"):
+            require(bool(get_key(config, key)), key, get_key(config, key),
+                    f"must name a file when config.eval.feature_extractor = {config.eval.feature_extractor!r}")
+
+
+def _one_of(config, key: str, allowed) -> None:
+    value = get_key(config, key)
+    require(value in allowed, key, value, f"must be one of {sorted(allowed)}")
+
+
+def _positive(config, key: str, integer: bool = False, allow_zero: bool = False) -> None:
+    value = get_key(config, key)
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    ok = ok and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    kind = "an integer" if integer else "a number"
+    require(ok, key, value, f"must be {kind} {'>= 0' if allow_zero else '> 0'}")

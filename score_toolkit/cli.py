@@ -16,10 +16,7 @@ on stderr, at most two lines, with no traceback (`--verbose` adds it), and the e
 stopped by Ctrl-C or SIGTERM prints one line and exits with 128 + the signal's number (130, 143).
 Runs that use a workdir log to <workdir>/log.txt as well as to stderr.
 """
-import ast
 import difflib
-import glob
-import importlib.util
 import logging
 import os
 import re
@@ -32,11 +29,11 @@ from typing import List, Optional
 from absl import flags
 from ml_collections import config_flags
 
-import configs
-from score_toolkit.errors import MissingInputError, UserError
+from score_toolkit.config_files import (DEFAULT_CONFIG, check_override_keys, config_files, display_path,
+                                        format_config, load_config, resolve_config_path)
+from score_toolkit.config_keys import config_keys
+from score_toolkit.errors import MissingInputError, UsageError, UserError
 
-CONFIG_DIR = os.path.dirname(os.path.abspath(configs.__file__))
-DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "swissroll_vp_mlp.py")
 MODES = {
     "train": "train into the workdir; run it again to resume from the newest checkpoint",
     "eval": "held-out loss, NLL (nats, bits/dim), samples and their quality -> <workdir>/<eval_folder>/results.json",
@@ -65,10 +62,6 @@ flags.DEFINE_string("eval_folder", "eval", "Folder under the workdir for evaluat
 flags.DEFINE_bool("verbose", False, "On an error, print its traceback too.")
 
 
-class UsageError(Exception):
-    """A flag, a config file or a config key on the command line that cannot work."""
-
-
 class Command:
     """The command as typed, to print hints that work when pasted: its program, config file
     (resolved) and --config.<key> overrides."""
@@ -79,89 +72,9 @@ class Command:
         self.config, self.overrides = config, _override_args(argv)
 
     def line(self, mode: str, workdir: Optional[str] = None, overrides: bool = True) -> str:
-        words = [self.prog, "--mode", mode, "--config", _display_path(self.config)]
+        words = [self.prog, "--mode", mode, "--config", display_path(self.config)]
         words += (self.overrides if overrides else []) + (["--workdir", workdir] if workdir else [])
         return " ".join(shlex.quote(w) if i else w for i, w in enumerate(words))
-
-
-# --------------------------------------------------------------------------- config files
-
-
-def config_files() -> List[tuple]:
-    """(file name, first line of its docstring) of every configs/*.py that defines get_config."""
-    out = []
-    for path in sorted(glob.glob(os.path.join(CONFIG_DIR, "*.py"))):
-        with open(path) as f:
-            tree = ast.parse(f.read())
-        if any(isinstance(n, ast.FunctionDef) and n.name == "get_config" for n in tree.body):
-            out.append((os.path.basename(path), (ast.get_docstring(tree) or "").strip().split("\n")[0]))
-    return out
-
-
-def resolve_config_path(value: str) -> str:
-    """`configs/x.py[:arg]` as given when that file exists here, else the installed configs/x.py;
-    UsageError naming the config files when neither exists."""
-    path, sep, arg = value.partition(":")
-    if os.path.isfile(path):
-        return value
-    installed = os.path.join(CONFIG_DIR, os.path.basename(path))
-    if os.path.isfile(installed):
-        return installed + sep + arg
-    names = ", ".join(name for name, _ in config_files())
-    raise UsageError(f"--config {path}: no such file; the config files in {_display_path(CONFIG_DIR)}/ are: {names}")
-
-
-def load_config(value: str):
-    """get_config([arg]) of a resolved `path[:arg]`; a ValueError or missing file it raises is a UsageError."""
-    path, _, arg = value.partition(":")
-    spec = importlib.util.spec_from_file_location("_checked_config", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-        if not hasattr(module, "get_config"):
-            raise ValueError(f"defines no get_config(); the config files are: "
-                             f"{', '.join(name for name, _ in config_files())}")
-        return module.get_config(*([arg] if arg else []))
-    except (ValueError, FileNotFoundError) as e:
-        raise UsageError(f"--config {_display_path(value)}: {e}") from e
-
-
-def config_keys(config, prefix: str = "") -> dict:
-    """{"training.n_iters": 6000, ...}: every key of a ConfigDict, nested dicts included, with its value."""
-    out = {}
-    for k, v in config.items():
-        out[prefix + k] = v
-        if hasattr(v, "items"):
-            out.update(config_keys(v, f"{prefix}{k}."))
-    return out
-
-
-def format_config(config) -> str:
-    return "\n".join(f"config.{k} = {v!r}" for k, v in config_keys(config).items() if not hasattr(v, "items"))
-
-
-def unknown_key_message(key: str, keys, command: Command) -> str:
-    """`config.<key>: no such key; did you mean ...?` with up to three close keys, scored mostly on the
-    last part (training.lrr -> optim.lr) and partly on the path before it; the nearest and any
-    within 0.05 of it."""
-    def score(candidate: str) -> float:
-        parent, _, leaf = candidate.rpartition(".")
-        want_parent, _, want_leaf = key.rpartition(".")
-        return (0.75 * difflib.SequenceMatcher(None, want_leaf, leaf).ratio()
-                + 0.25 * difflib.SequenceMatcher(None, want_parent, parent).ratio())
-
-    ranked = sorted(((score(k), k) for k in keys), reverse=True)
-    close = [f"config.{k}" for s, k in ranked[:3] if s >= max(0.6, ranked[0][0] - 0.05)]
-    guess = f"did you mean {' or '.join(close)}?" if close else "no key is close to it"
-    return f"config.{key}: no such key; {guess}\nall keys: {command.line('config', overrides=False)}"
-
-
-def check_override_keys(config, argv: List[str], command: Command) -> None:
-    keys = config_keys(config)
-    for arg in argv[1:]:
-        m = re.match(r"^--?(?:no)?config\.([^=\s]+)", arg)
-        if m and m.group(1) not in keys:
-            raise UsageError(unknown_key_message(m.group(1), keys, command))
 
 
 # --------------------------------------------------------------------------- argv
@@ -202,12 +115,6 @@ def _config_arg(argv: List[str]) -> str:
         if arg == "--config" and i + 1 < len(argv):
             return argv[i + 1]
     return DEFAULT_CONFIG
-
-
-def _display_path(path: str) -> str:
-    """A path relative to the current folder when it lies inside it, else absolute."""
-    rel = os.path.relpath(path)
-    return path if rel.startswith("..") else rel
 
 
 def _flag_error_message(e: Exception, config) -> str:
@@ -281,52 +188,6 @@ def _log_to_file_only(message: str) -> None:
             handler.handle(record)
 
 
-def _image_tool(config, mode: str) -> None:
-    """--mode classifier / stats, on image data: checks first, then the work."""
-    from score_toolkit import data_lib
-    from score_toolkit import features
-    from score_toolkit import validation
-    validation.validate_config(config)
-    if config.data.kind != "images":
-        raise UsageError(f"--mode {mode} needs image data; config.data.kind is {config.data.kind!r}")
-    if mode == "stats" and config.eval.feature_extractor == "none":
-        raise UsageError("--mode stats: config.eval.feature_extractor = 'none'; set 'classifier' or 'inception'")
-    data_lib.check_files(config, ("train", "test") if mode == "classifier" else ("train",))
-    if mode == "stats":
-        data_lib.check_quality_files(config, ("eval.feature_path",))
-    data = data_lib.load(config)
-    if mode == "classifier":
-        features.train_feature_classifier(config, data)
-    else:
-        features.compute_data_stats(config, data)
-
-
-def _noisy_classifier(config) -> None:
-    """--mode noisy_classifier: checks first, then train p(y | x_t, t) on the data's labels under the
-    config's SDE and save it to config.sampling.classifier_path."""
-    from score_toolkit import data_lib, factories, image_data, noisy_classifier, runtime, validation
-    validation.validate_config(config)
-    path = config.sampling.classifier_path
-    if not path:
-        raise UsageError("--mode noisy_classifier: set --config.sampling.classifier_path=<file to write>")
-    if os.path.exists(path):
-        raise UsageError(f"--mode noisy_classifier: {path} exists already; files are never overwritten")
-    if config.data.kind == "images":
-        data_lib.check_files(config, ("train", "test"))
-    data, sde = data_lib.load(config), factories.build_sde(config)
-    if data.train_labels is None:
-        raise UsageError(f"--mode noisy_classifier needs labelled data; config.data.name = {config.data.name!r} has none")
-    images = config.data.kind == "images"
-    x_train, x_test = (data.train_uint8, data.test_uint8) if images else (data.train, data.test)
-    transform = (lambda k: data.scaler(image_data.to_unit_interval(k))) if images else None
-    net, accuracy = noisy_classifier.train_noisy_classifier(
-        sde, x_train, data.train_labels, steps=config.sampling.classifier_steps, seed=config.seed,
-        device=runtime.get_device(config), x_test=x_test, y_test=data.test_labels, transform=transform)
-    noisy_classifier.save_noisy_classifier(path, net, accuracy, data=config.data.name, sde=config.sde.name)
-    print("noisy classifier test accuracy by t: " + ", ".join(f"t={t:g}: {a:.3f}" for t, a in accuracy.items())
-          + f" -> {path}", flush=True)
-
-
 def main(command: Command, argv: List[str]) -> int:
     config, mode = FLAGS.config, FLAGS.mode
     if mode == "config":
@@ -337,15 +198,16 @@ def main(command: Command, argv: List[str]) -> int:
         return 0
     from score_toolkit import distributed  # torch: imported here so that --help and flag errors stay fast
     from score_toolkit import evaluation
+    from score_toolkit import prepare
     from score_toolkit import runtime
     from score_toolkit import training
 
     runtime.configure_runtime(config)
     if mode in ("classifier", "stats"):
-        _image_tool(config, mode)
+        prepare.run_image_tool(config, mode)
         return 0
     if mode == "noisy_classifier":
-        _noisy_classifier(config)
+        prepare.run_noisy_classifier(config)
         return 0
     workdir = FLAGS.workdir or os.path.join("workdirs", os.path.splitext(os.path.basename(command.config.partition(":")[0]))[0])
     try:

@@ -1,5 +1,5 @@
-"""Dotted config keys ("training.n_iters"): read one (`get_key`), set several (`set_keys`).
-Nothing here imports torch."""
+"""Dotted config keys ("training.n_iters"): read one (`get_key`), set several (`set_keys`), list
+every key of a config with its value (`config_keys`). Nothing here imports torch."""
 
 
 def get_key(config, key: str):
@@ -19,3 +19,13 @@ def set_keys(config, **overrides):
             node = node[part]
         node[last] = value
     return config
+
+
+def config_keys(config, prefix: str = "") -> dict:
+    """{"training.n_iters": 6000, ...}: every key of a ConfigDict, nested dicts included, with its value."""
+    out = {}
+    for k, v in config.items():
+        out[prefix + k] = v
+        if hasattr(v, "items"):
+            out.update(config_keys(v, f"{prefix}{k}."))
+    return out

@@ -1,8 +1,9 @@
 """The errors a user can fix, and the one way a refused config value is phrased.
 
 `UserError` and its kinds (`ConfigError`, `MissingInputError`) are what the command line prints as
-`error: <message>` with no traceback; `require` raises the ConfigError that names the key, the bad
-value and what is allowed. Nothing here imports torch, so the command line can use it before any work.
+`error: <message>` with no traceback; `UsageError` is a flag, config file or config key on the
+command line that cannot work; `require` raises the ConfigError that names the key, the bad value
+and what is allowed. Nothing here imports torch, so the command line can use it before any work.
 """
 
 
@@ -26,6 +27,10 @@ class MissingInputError(UserError, FileNotFoundError):
     def __init__(self, message: str, make_with=None):
         super().__init__(message)
         self.make_with = make_with
+
+
+class UsageError(Exception):
+    """A flag, a config file or a config key on the command line that cannot work."""
 
 
 def require(ok: bool, key: str, value, allowed: str) -> None:

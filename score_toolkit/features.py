@@ -1,6 +1,6 @@
 """Sample-quality plumbing of a run: the feature extractor, the data's reference statistics, and
-the classifier that stands in for Inception where its file is not at hand (`main.py` modes
-`classifier` and `stats`)."""
+the classifier that stands in for Inception where its file is not at hand. The modes `classifier`
+and `stats` (`prepare`) make the classifier and the statistics."""
 from __future__ import annotations
 
 import logging

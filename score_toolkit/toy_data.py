@@ -58,11 +58,6 @@ for _name, _draw in (("swiss_roll", swiss_roll), ("gmm", lambda n, g=None: _GMM.
     DATASETS.register(_name)(_draw)
 
 
-def true_log_prob(name: str) -> Optional[Callable[[Tensor], Tensor]]:
-    """log p_data(x) [B] where it is known in closed form (the Gaussian mixture), else None."""
-    return _GMM.log_prob if name == "gmm" else None
-
-
 def true_density(name: str) -> Optional[GaussianMixture]:
     return _GMM if name == "gmm" else None
 

@@ -46,7 +46,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import samplers  # noqa: E402
 import sde_lib  # noqa: E402
-from score_toolkit.analytic import GaussianMixture  # noqa: E402
+from sde_lib.analytic import GaussianMixture  # noqa: E402
 from benchmarks._common import machine  # noqa: E402
 
 TOLERANCES = {  # sweeps of the samplers that take a tolerance instead of steps: (rtol, atol) pairs

@@ -25,7 +25,7 @@ from score_toolkit import runtime  # noqa: E402
 import likelihood  # noqa: E402
 import samplers  # noqa: E402
 import sde_lib  # noqa: E402
-from score_toolkit.analytic import GaussianMixture  # noqa: E402
+from sde_lib.analytic import GaussianMixture  # noqa: E402
 from benchmarks._common import machine  # noqa: E402
 
 

@@ -33,7 +33,7 @@ def guided_samples(sde, model, w, labels, args, device, num_classes):
     fn, parts = samplers.get_sampler(args.sampler), []
     for b, i in enumerate(range(0, len(labels), args.batch)):
         y = labels[i:i + args.batch].to(device)
-        x, nfe = fn(sde, score, (len(y), 1, 32, 32), steps=args.steps, seed=7000 + b, device=device, y=y)
+        x, nfe = fn(sde, score, (len(y), 1, 32, 32), steps=args.steps, seed=7000 + b, device=device, cond={"y": y})
         parts.append(x.cpu())
     return torch.cat(parts), nfe
 

@@ -11,7 +11,7 @@ time grid, set up by `samplers.base.sampler` (checks, grid, prior draw, generato
 `list_samplers()` names them; `list_grids()` names the time grids every sampler takes; `fit_grid`
 fits a grid to one model, sampler and step budget.
 """
-from samplers.base import check_options, get_sampler, list_samplers, sampler, sampler_info
+from samplers.base import check_options, get_sampler, list_samplers, probe, sampler, sampler_info
 from samplers.correctors import Corrector, get_corrector, list_correctors, register_corrector
 from samplers.grids import (check_grid, get_grid, karras, list_grids, quadratic, register_grid, uniform_log_snr,
                             uniform_t)
@@ -30,7 +30,7 @@ from samplers.controllable import *  # noqa: F401,F403
 
 __all__ = [
     "pc_sample", "pc_loop", "ode_sample", "ode_loop", "solve_flow", "ode_methods", "chooses_own_steps",
-    "list_samplers", "get_sampler", "sampler", "sampler_info", "check_options",
+    "list_samplers", "get_sampler", "sampler", "sampler_info", "check_options", "probe",
     "list_grids", "get_grid", "check_grid", "register_grid", "uniform_t", "uniform_log_snr", "karras", "quadratic",
     "Predictor", "Corrector", "register_predictor", "register_corrector",
     "get_predictor", "get_corrector", "list_predictors", "list_correctors",

@@ -202,10 +202,10 @@ def sampler_info(name: str) -> Sampler:
     return get_sampler(name).info
 
 
-def check_options(name: str, sde: SDE, shape: Sequence[int] = (1, 1), **kwargs) -> None:
-    """Run every check that sampler `name` makes of its arguments (`kwargs` as for its function, without
-    score_fn), without a network call: the run stops at its first score call. Raises what the sampler
-    would raise (ValueError, TypeError)."""
+def probe(fn: Callable, sde: SDE, shape: Sequence[int], **kwargs) -> None:
+    """Run every check that `fn(sde, score_fn, shape, **kwargs)` (a sampler, or `inpaint_sample`) makes of
+    its arguments, without a network call: the run stops at its first score call. Raises what fn would
+    raise (ValueError, TypeError)."""
     class FirstCall(Exception):
         pass
 
@@ -213,9 +213,15 @@ def check_options(name: str, sde: SDE, shape: Sequence[int] = (1, 1), **kwargs) 
         raise FirstCall
 
     try:
-        get_sampler(name)(sde, score_fn, shape, **kwargs)
+        fn(sde, score_fn, shape, **kwargs)
     except FirstCall:
         pass
+
+
+def check_options(name: str, sde: SDE, shape: Sequence[int] = (1, 1), **kwargs) -> None:
+    """`probe` of sampler `name` with `kwargs` as for its function (without score_fn): every check of
+    its arguments, no network call."""
+    probe(get_sampler(name), sde, shape, **kwargs)
 
 
 # ----- what loops share ---------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def check_fittable(name: str, kwargs: dict, sde: SDE) -> Callable:
                          "method='rk4', ...)")
     gaussian = GaussianMixture([1.0], [[0.0]], [[1.0]]).score_fn(sde)  # exact, and no network
     x_T = torch.ones(2, 1, dtype=torch.float64)
-    a, b = (fn(sde, gaussian, (2, 1), steps=2, x_T=x_T, seed=seed, dtype=torch.float64, **kwargs)[0]
+    a, b = (fn(sde, gaussian, (2, 1), steps=4, x_T=x_T, seed=seed, dtype=torch.float64, **kwargs)[0]
             for seed in (0, 1))
     if not torch.equal(a, b):
         raise ValueError(f"sampler {name!r} with {kwargs or 'its defaults'} is stochastic (two seeds give different "

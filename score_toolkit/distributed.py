@@ -142,11 +142,12 @@ class ShardedNet(nn.Module):
         super().__init__()
         self.ddp = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
         self.ddp.register_comm_hook(None, _sum_hook)
+        self.cond_keys = getattr(net, "cond_keys", None)  # the wrapped network's conditioning
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor, **cond) -> torch.Tensor:
         n, r = world(), rank()
         rows = slice(r * (x.shape[0] // n), (r + 1) * (x.shape[0] // n))
-        out = self.ddp(x[rows], noise[rows], **{k: v[rows] for k, v in cond.items()})
+        out = self.ddp(x[rows], noise[rows], **{k: None if v is None else v[rows] for k, v in cond.items()})
         parts = [torch.empty_like(out, memory_format=torch.contiguous_format) for _ in range(n)]
         dist.all_gather(parts, out.detach().contiguous())
         parts[r] = out

@@ -147,7 +147,7 @@ def heldout_loss(config, sde, model, data) -> float:
         for i in range(0, len(data.test), bs):
             x = data.test[i:i + bs]
             cond = wrapped.select({} if labels is None else {"y": labels[i:i + bs].to(device)})
-            total += loss_fn(wrapped, x.to(device), g, **cond).item() * len(x)
+            total += loss_fn(wrapped, x.to(device), g, cond).item() * len(x)
     return total / len(data.test)
 
 
@@ -212,7 +212,7 @@ def draw_samples(config, sde, model, data, folder: str, n: int) -> torch.Tensor:
         if kept is None:
             with torch.no_grad():
                 x, _ = sample(score_fn, data.sample_shape(size), seed=config.seed + 100_003 * (b + 1),
-                              start=b * bs, **labels(size, start=b * bs))
+                              start=b * bs, cond=labels(size, start=b * bs))
             kept = data.to_data_space(x).numpy()
             tmp = path + ".tmp.npz"
             np.savez(tmp, samples=kept, settings=np.array(settings))
@@ -247,7 +247,7 @@ def _fit_grid(config, sde, score_fn, data, labels, path: str, settings: str) -> 
     try:
         grid, info = samplers.fit_grid(sde, score_fn, data.sample_shape(s.fit_pilot), steps=s.steps, sampler=s.method,
                                        sampler_kwargs=factories.sampler_options(config), eps=s.eps,
-                                       max_evals=s.fit_evals or None, seed=config.seed + 7, device=device, **cond)
+                                       max_evals=s.fit_evals or None, seed=config.seed + 7, device=device, cond=cond)
     except ValueError as e:  # e.g. a stochastic choice of sampler options
         raise ConfigError(f"sampling.grid = 'fitted': {e}") from e
     times = grid.tolist()

@@ -121,79 +121,85 @@ def build_loss(config, sde: sde_lib.SDE) -> Callable:
         raise ConfigError(f"config.training: {e}") from e
 
 
-def build_sampler(config, sde: sde_lib.SDE, device: torch.device,
-                  grid: Optional[Tensor] = None) -> Callable[..., Tuple[Tensor, int]]:
-    """sample(score_fn, shape, seed, start=0, **cond) -> (x, nfe) with the configured sampler, on
-    `device` (the seed drives a generator on that device: the same seed gives other samples on
-    another). `start`, the index of the batch's first sample, matters only to `build_task_sampler`.
+# Sampler arguments a config.sampling key of another name sets: pc's steps are sampling.N, the ODE's
+# steps and method are sampling.ode_steps and sampling.ode_method.
+_RENAMED = {"pc": {"steps": "N"}, "ode": {"steps": "ode_steps", "method": "ode_method"}}
 
-    "pc" and "ode" read their own keys (predictor, corrector, N, ode_method, ...); every other
-    registered sampler gets steps, grid (explicit times `grid`, else config.sampling.grid, "" for its
-    default) and eps, plus each config.sampling key named like one of its keyword arguments (eta,
-    order, s_churn, rtol, ...)."""
-    s = config.sampling
-    if s.method == "ode":
-        def sample(score_fn, shape, seed, start: int = 0, **cond):
-            return samplers.ode_sample(sde, score_fn, shape, rtol=s.rtol, atol=s.atol, eps=s.eps, method=s.ode_method,
-                                       steps=s.ode_steps, denoise=s.denoise, seed=seed, device=device, **_on(cond, device))
-    elif s.method == "pc":
-        def sample(score_fn, shape, seed, start: int = 0, **cond):
-            return samplers.pc_sample(sde, score_fn, shape, predictor=s.predictor, corrector=s.corrector, snr=s.snr,
-                                      n_steps=s.n_steps, N=s.N, eps=s.eps, denoise=s.denoise, seed=seed,
-                                      device=device, corrector_options=corrector_options(config), **_on(cond, device))
-    else:
-        fn, extra = samplers.get_sampler(s.method), sampler_options(config)
-        times = (s.grid or None) if grid is None else grid
 
-        def sample(score_fn, shape, seed, start: int = 0, **cond):
-            return fn(sde, score_fn, shape, steps=s.steps, grid=times, eps=s.eps, seed=seed, device=device,
-                      **extra, **_on(cond, device))
-    return sample
+def steps_key(config) -> str:
+    """The config.sampling key that holds the configured sampler's steps (N, ode_steps or steps)."""
+    return _RENAMED.get(config.sampling.method, {}).get("steps", "steps")
+
+
+def option_key(config, option: str) -> Optional[str]:
+    """The config.sampling key that sets the configured sampler's argument `option`, if one does."""
+    key = _RENAMED.get(config.sampling.method, {}).get(option, option)
+    return key if key in config.sampling and (option in samplers.sampler_info(config.sampling.method).options
+                                              or option in ("steps", "grid", "eps", "denoise")) else None
 
 
 def sampler_options(config) -> Dict[str, Any]:
-    """The config.sampling keys named like keyword arguments of sampling.method's function (eta,
-    order, s_churn, rtol, ...), besides the ones every sampler takes."""
+    """The configured sampler's own options (`samplers.sampler_info(name).options`: eta, order, s_churn,
+    predictor, method, rtol, ...) from the config.sampling keys of their names (or `_RENAMED`)."""
     s = config.sampling
-    params = inspect.signature(samplers.get_sampler(s.method)).parameters
-    return {k: s[k] for k in params if k in s and k not in _COMMON_SAMPLING}
+    keys = {**{k: k for k in samplers.sampler_info(s.method).options}, **_RENAMED.get(s.method, {})}
+    options = {opt: s[key] for opt, key in keys.items() if key in s and opt != "steps"}
+    if "corrector_options" in options:
+        options["corrector_options"] = corrector_options(config)
+    return options
 
 
-def build_task_sampler(config, sde: sde_lib.SDE, device: torch.device, observed: Tensor, mask: Optional[Tensor]):
-    """sample(score_fn, shape, seed, start=0, **cond) on `device` for config.sampling.task: inpainting
-    (observed [N, C, H, W] in model space, known where mask [C, H, W] is 1) or colorization (the gray
-    level of observed is known), with the configured sampler one grid interval at a time and
-    config.sampling.resample RePaint passes. Sample i completes observed[i mod N]."""
-    s = config.sampling
-    if s.method == "pc":
-        steps, options = s.N, {"predictor": s.predictor, "corrector": s.corrector, "snr": s.snr,
-                               "n_steps": s.n_steps, "corrector_options": corrector_options(config)}
-    elif s.method == "ode":
-        steps, options = s.ode_steps, {"method": s.ode_method}
-    else:  # denoise is passed below, to the task sampler
-        steps, options = s.steps, {k: v for k, v in sampler_options(config).items() if k != "denoise"}
-    common = dict(sampler=s.method, steps=steps, resample=s.resample, eps=s.eps, denoise=s.denoise,
-                  device=device, sampler_options=options)
+def sampler_kwargs(config, grid: Optional[Tensor] = None) -> Dict[str, Any]:
+    """Every argument of the configured sampler's function but score_fn, shape, seed, device and cond:
+    its options, steps (none where the sampler chooses its own, and none with explicit times `grid`,
+    which set them), the grid (`grid`, else config.sampling.grid; "" for the sampler's default), eps
+    and denoise."""
+    s, info = config.sampling, samplers.sampler_info(config.sampling.method)
+    kwargs = {**sampler_options(config), "eps": s.eps, "denoise": s.denoise}
+    if not info.own_steps(kwargs):
+        # "fitted" without the fitted times (training's snapshots): the sampler's default grid.
+        kwargs["grid"] = (None if s.grid in ("", "fitted") else s.grid) if grid is None else grid
+        if grid is None:  # explicit times set the steps
+            kwargs["steps"] = s[steps_key(config)]
+    return kwargs
 
-    def sample(score_fn, shape, seed, start: int = 0, **cond):
-        y = observed[torch.arange(start, start + shape[0]) % len(observed)].to(device)
-        if s.task == "inpaint":
-            return samplers.inpaint_sample(sde, score_fn, shape, y=y, mask=mask.to(device), seed=seed, **common,
-                                           **_on(cond, device))
-        return samplers.colorize_sample(sde, score_fn, shape, gray=y.mean(1, keepdim=True), seed=seed, **common,
-                                        **_on(cond, device))
+
+def build_sampler(config, sde: sde_lib.SDE, device: torch.device,
+                  grid: Optional[Tensor] = None) -> Callable[..., Tuple[Tensor, int]]:
+    """sample(score_fn, shape, seed, start=0, cond=None) -> (x, nfe) with the configured sampler and
+    `sampler_kwargs(config, grid)`, on `device` (the seed drives a generator on that device: the same
+    seed gives other samples on another). `start`, the index of the batch's first sample, matters only
+    to `build_task_sampler`."""
+    fn, kwargs = samplers.get_sampler(config.sampling.method), sampler_kwargs(config, grid)
+
+    def sample(score_fn, shape, seed, start: int = 0, cond: Optional[dict] = None):
+        return fn(sde, score_fn, shape, seed=seed, device=device, cond=_on(cond, device), **kwargs)
 
     return sample
 
 
-def _on(cond: dict, device) -> dict:
-    return {k: v.to(device) for k, v in cond.items()}
+def build_task_sampler(config, sde: sde_lib.SDE, device: torch.device, observed: Tensor, mask: Optional[Tensor]):
+    """sample(score_fn, shape, seed, start=0, cond=None) on `device` for config.sampling.task:
+    inpainting (observed [N, C, H, W] in model space, known where mask [C, H, W] is 1) or colorization
+    (the gray level of observed is known), with the configured sampler one grid interval at a time and
+    config.sampling.resample RePaint passes. Sample i completes observed[i mod N]."""
+    s = config.sampling
+    common = dict(sampler=s.method, steps=s[steps_key(config)], resample=s.resample, eps=s.eps, denoise=s.denoise,
+                  device=device, sampler_options=sampler_options(config))
+
+    def sample(score_fn, shape, seed, start: int = 0, cond: Optional[dict] = None):
+        y = observed[torch.arange(start, start + shape[0]) % len(observed)].to(device)
+        if s.task == "inpaint":
+            return samplers.inpaint_sample(sde, score_fn, shape, y=y, mask=mask.to(device), seed=seed, **common,
+                                           cond=_on(cond, device))
+        return samplers.colorize_sample(sde, score_fn, shape, gray=y.mean(1, keepdim=True), seed=seed, **common,
+                                        cond=_on(cond, device))
+
+    return sample
 
 
-# Sampler arguments that build_sampler sets itself, or that mean something else in config.sampling.
-_COMMON_SAMPLING = ("steps", "grid", "eps", "seed", "device", "N", "n_steps", "method", "batch_size", "n_samples",
-                    "class_label", "guidance", "guidance_scale", "classifier_path", "classifier_steps",
-                    "task", "observed", "mask", "resample")
+def _on(cond: Optional[dict], device) -> dict:
+    return {k: v.to(device) for k, v in (cond or {}).items()}
 
 
 def corrector_options(config) -> dict:

@@ -28,7 +28,7 @@ from models.precond import noise_label
 from sde_lib import SDE, append_dims
 from score_toolkit import checkpoints
 from score_toolkit.checkpoints import atomic_save
-from score_toolkit.checks import check_one_of, check_positive, check_positive_int
+from sde_lib.checks import check_one_of, check_positive, check_positive_int
 
 Tensor = torch.Tensor
 KINDS = ("points", "images")

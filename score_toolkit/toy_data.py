@@ -10,8 +10,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from score_toolkit.analytic import GaussianMixture
-from score_toolkit.registry import Registry
+from sde_lib.analytic import GaussianMixture
+from sde_lib.registry import Registry
 
 Tensor = torch.Tensor
 

@@ -122,7 +122,7 @@ def train_step(state: TrainState, loss_fn, model, batch: torch.Tensor, config, c
         group["lr"] = _lr(config, state.step)
     with state.matmul_precision():
         with state.autocast():
-            loss = loss_fn(model, batch, state.generator, **(cond or {}))
+            loss = loss_fn(model, batch, state.generator, cond)
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
     state.scaler.unscale_(state.optimizer)  # a no-op unless fp16
@@ -172,7 +172,7 @@ def snapshot(state: TrainState, config, sde, data, workdir: str) -> str:
             n = config.sampling.n_samples
             sample = factories.build_sampler(config, sde, state.device)
             x, nfe = sample(factories.build_score_fn(config, sde, state.model, state.device), data.sample_shape(n),
-                            seed=config.seed + state.step, **factories.sample_labels(config, n))
+                            seed=config.seed + state.step, cond=factories.sample_labels(config, n))
     finally:
         state.model.train()
         state.ema.restore(params)

@@ -7,6 +7,7 @@ batch (`check_world_size`)."""
 from __future__ import annotations
 
 import os
+import re
 
 import ml_collections
 import torch
@@ -108,6 +109,26 @@ def _validate_sampling(config) -> None:
         _validate_fitted_grid(config)
     _validate_guidance(config)
     _validate_task(config)
+    _validate_sampler_options(config)
+
+
+def _validate_sampler_options(config) -> None:
+    """The configured sampler's options through the checks the research API runs (`samplers.probe`:
+    no network call), so a value that cannot work is refused before any folder is made, naming its key."""
+    s, sde = config.sampling, factories.build_sde(config)
+    try:
+        if s.task == "none":
+            samplers.check_options(s.method, sde, **factories.sampler_kwargs(config))
+        else:  # the task runs the sampler one interval at a time
+            shape = (1, config.data.num_channels, config.data.image_size, config.data.image_size)
+            samplers.probe(samplers.inpaint_sample, sde, shape, y=torch.zeros(shape), mask=torch.ones(shape),
+                           sampler=s.method, steps=s[factories.steps_key(config)], eps=s.eps,
+                           sampler_options=factories.sampler_options(config))
+    except (ValueError, TypeError) as e:
+        word = re.match(r"\w+", str(e))
+        key = factories.option_key(config, word.group(0)) if word else None
+        where = f"config.sampling.{key} = {s[key]!r}" if key else f"config.sampling.method = {s.method!r}"
+        raise ConfigError(f"{where} is not allowed: {e}") from e
 
 
 def _validate_fitted_grid(config) -> None:

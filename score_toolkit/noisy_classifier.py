@@ -28,7 +28,7 @@ from models.precond import noise_label
 from sde_lib import SDE, append_dims
 from score_toolkit import checkpoints
 from score_toolkit.checkpoints import atomic_save
-from sde_lib.checks import check_one_of, check_positive, check_positive_int
+from sde_lib.checks import check_labels, check_one_of, check_positive, check_positive_int
 
 Tensor = torch.Tensor
 KINDS = ("points", "images")
@@ -180,19 +180,6 @@ def noisy_accuracy(classifier_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, 
     return out
 
 
-def _check_labels(y: Tensor, n: int, num_classes: Optional[int]) -> int:
-    """The number of classes, after checking y_train holds n integer labels in [0, num_classes)."""
-    if not torch.is_tensor(y) or y.is_floating_point() or tuple(y.shape) != (n,):
-        raise ValueError(f"y_train must be an integer tensor [{n}] of class labels, got "
-                         f"{tuple(y.shape) if torch.is_tensor(y) else type(y).__name__}"
-                         f"{' ' + str(y.dtype) if torch.is_tensor(y) else ''}")
-    K = int(y.max()) + 1 if num_classes is None else check_positive_int(num_classes, "num_classes")
-    if int(y.min()) < 0 or int(y.max()) >= K:
-        got = f"{int(y.min())} .. {int(y.max())}"
-        raise ValueError(f"y_train must hold labels in [0, num_classes) = [0, {K}), got {got}")
-    return K
-
-
 def train_noisy_classifier(sde: SDE, x_train: Tensor, y_train: Tensor, steps: int = 2000, batch_size: int = 256,
                            seed: int = 0, device="cpu", *, num_classes: Optional[int] = None, lr: float = 2e-3,
                            eps: Optional[float] = None, x_test: Optional[Tensor] = None,
@@ -216,7 +203,9 @@ def train_noisy_classifier(sde: SDE, x_train: Tensor, y_train: Tensor, steps: in
     Returns (net in eval mode on `device`, {t: accuracy of argmax p(y | x_t)}).
     """
     n = len(x_train)
-    K = _check_labels(y_train, n, num_classes)
+    check_labels(y_train, n, None if num_classes is None else check_positive_int(num_classes, "num_classes"),
+                 name="y_train")
+    K = num_classes or int(y_train.max()) + 1
     steps, batch_size = check_positive_int(steps, "steps"), check_positive_int(batch_size, "batch_size")
     check_positive(lr, "lr")
     eps = sde.sampling_eps if eps is None else eps

@@ -46,21 +46,20 @@ def check_nonnegative(value: Any, name: str, what: str = "") -> float:
     return float(value)
 
 
-def check_labels(y: Any, batch: int, num_classes: Optional[int], what: str = "") -> torch.Tensor:
-    """`y` as an integer tensor [batch] if every label lies in [0, num_classes); else ValueError naming
-    `y`, the first bad value and what is allowed (`what` adds to the allowed range)."""
+def check_labels(y: Any, batch: int, num_classes: Optional[int], what: str = "", name: str = "y") -> torch.Tensor:
+    """`y` as an integer tensor [batch] if every label lies in [0, num_classes) (None: >= 0); else
+    ValueError naming `name`, the first bad value and what is allowed (`what` adds to the range)."""
     allowed = f"integer class labels in [0, {num_classes or 'K'}){what}, one per sample (shape [{batch}])"
     if y is None:
-        raise ValueError(f"y is required: pass {allowed} as cond={{'y': labels}}")
+        raise ValueError(f"{name} is required: pass {allowed} as cond={{'{name}': labels}}")
     if not torch.is_tensor(y) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise ValueError(f"y must be {allowed}; got {type(y).__name__ if not torch.is_tensor(y) else y.dtype}")
+        raise ValueError(f"{name} must be {allowed}; got {type(y).__name__ if not torch.is_tensor(y) else y.dtype}")
     if tuple(y.shape) != (batch,):
-        raise ValueError(f"y must be {allowed}; got shape {tuple(y.shape)}")
-    if num_classes is not None:
-        bad = (y < 0) | (y >= num_classes)
-        if bad.any():
-            i = int(bad.nonzero()[0, 0])
-            raise ValueError(f"y must be {allowed}; got y[{i}] = {int(y[i])}")
+        raise ValueError(f"{name} must be {allowed}; got shape {tuple(y.shape)}")
+    bad = (y < 0) | (y >= num_classes) if num_classes is not None else y < 0
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name} must be {allowed}; got {name}[{i}] = {int(y[i])}")
     return y
 
 

@@ -5,8 +5,7 @@ import torch
 import samplers
 import sde_lib
 from samplers.adaptive import adaptive_sample
-from tests.conftest import make_sdes, mixture_2d
-from tests.test_samplers import assert_recovers
+from tests.helpers import assert_recovers, make_sdes, mixture_2d
 
 
 def sliced_w1(x, ref, n_dirs=64):
@@ -44,10 +43,10 @@ def test_nfe_is_real_calls_and_cond_reaches_score():
     calls, seen = [], []
 
     def score(x, t, label):
-        calls.append(label)
+        calls.append(int(label[0]))
         return gm.score_fn(sde)(x, t)
 
-    x, nfe = adaptive_sample(sde, score, (64, 2), seed=0, label=3, progress=True,
+    x, nfe = adaptive_sample(sde, score, (64, 2), seed=0, cond={"label": torch.full((64,), 3)}, progress=True,
                              callback=lambda d: seen.append((torch.as_tensor(d["t"]), d["accepted"].clone())))
     assert nfe == len(calls) == 2 * len(seen) and set(calls) == {3}
     assert torch.all(seen[-1][0] == sde.sampling_eps)          # every sample lands exactly on eps
@@ -116,9 +115,10 @@ def test_max_nfe_stops_a_run_that_would_not_end():
     (dict(h_init=float("nan")), "h_init"),
     (dict(theta=0), "theta"),
     (dict(r=-1), "r must be"),
-    (dict(steps=10), "steps must be None for adaptive_sample"),
-    (dict(grid="karras"), "grid must be None"),
-    (dict(norm="max"), "norm must be 'batch'"),
+    (dict(steps=10), "steps must be None for adaptive with its defaults: it chooses its own steps .*got 10"),
+    (dict(grid="karras"), "grid must be None for adaptive"),
+    (dict(grid=torch.tensor([1.0, 0.5, 1e-3])), r"grid must be None for adaptive .*got a tensor of shape \(3,\)"),
+    (dict(norm="max"), r"norm must be one of \('batch', 'sample'\), got 'max'"),
     (dict(max_nfe=0), "max_nfe must be a positive integer"),
     (dict(eps=1.5), "eps must lie in"),
 ])

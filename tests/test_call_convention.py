@@ -9,10 +9,10 @@ import likelihood
 import models
 import samplers
 import sde_lib
-from sde_lib import GaussianMixture
 from sde_lib.checks import cond_keys
+from tests.helpers import mixture_2d
 
-MIX = GaussianMixture([0.3, 0.7], [[-2.0, 0.0], [2.0, 1.0]], [[0.25, 0.16], [0.09, 0.12]])
+MIX = mixture_2d()
 SDE = sde_lib.VPSDE()
 OPTIONS = {"adaptive": {}, "ode": {}, "pc": {"steps": 4}}  # the rest take steps=4
 

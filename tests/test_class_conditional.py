@@ -17,11 +17,11 @@ import torch
 import models
 import samplers
 import sde_lib
-import tests.test_reference_layouts as ref
 from models.ddpm import DDPM
 from models.mlp import ScoreMLP
 from models.ncsnpp import NCSNpp
 from score_toolkit import errors, evaluation, factories, toy_data, validation
+from tests.helpers import LAYOUTS, NARROW, ShapesOnly, reference_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 10
@@ -59,11 +59,11 @@ def inputs(name, batch, seed=2):
 
 # ----------------------------------------------------------------------------- parameters
 
-@pytest.mark.parametrize("family", ref.NARROW + ["cifar10_ve_ncsnpp_continuous", "cifar10_vp_ddpmpp_continuous"])
+@pytest.mark.parametrize("family", NARROW + ["cifar10_ve_ncsnpp_continuous", "cifar10_vp_ddpmpp_continuous"])
 def test_unconditional_networks_keep_the_reference_layout_and_labels_come_last(family):
-    config = dict(ref.LAYOUTS[family]["config"])
-    cls, want = models.get_model(config.pop("name")), list(ref.reference_params(family).items())
-    with ref.ShapesOnly():
+    config = dict(LAYOUTS[family]["config"])
+    cls, want = models.get_model(config.pop("name")), list(reference_params(family).items())
+    with ShapesOnly():
         plain = cls(**config, num_classes=0, p_uncond=0.0)
         labelled = cls(**config, num_classes=K, p_uncond=0.1)
     assert [(n, tuple(p.shape)) for n, p in plain.named_parameters()] == want
@@ -91,11 +91,16 @@ def test_labels_are_drawn_last_so_the_other_initial_weights_are_the_unconditiona
 @pytest.mark.parametrize("name", list(NETS))
 def test_only_conditional_networks_take_y(name):
     sde = sde_lib.VPSDE()
+    assert build(name).cond_keys == () and build(name, num_classes=K).cond_keys == ("y",)
     assert models.Precond(sde, build(name)).cond_keys == ()
     assert models.Precond(sde, build(name, num_classes=K)).cond_keys == ("y",)
     x, _ = inputs(name, 2)
-    with pytest.raises(TypeError, match="'y' is not taken"):
+    unconditional = f"{type(build(name)).__name__} is unconditional \\(num_classes = 0\\) and takes no class labels y"
+    with pytest.raises(TypeError, match=unconditional):
         models.Precond(sde, build(name))(x, torch.full((2,), 0.5), y=torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="conditioning 'y' is not taken by the score function Precond; it takes no "):
+        samplers.ddim_sample(sde, models.Precond(sde, build(name)), (2, *NETS[name][2]), steps=2,
+                             cond={"y": torch.tensor([0, 1])})
 
 
 # ----------------------------------------------------------------------------- forward
@@ -215,8 +220,8 @@ def test_command_line_training_samples_each_class_in_its_component(tmp_path):
     torch.set_num_threads(1)  # a 2-D MLP: thread hand-offs cost more than the arithmetic
     try:
         with torch.no_grad():
-            x, _ = samplers.pc_sample(sde, score_fn, (8 * n, 2), N=100, corrector="none", seed=0, y=y)
-            x_null, _ = samplers.pc_sample(sde, score_fn, (8 * n, 2), N=100, corrector="none", seed=1)
+            x, _ = samplers.pc_sample(sde, score_fn, (8 * n, 2), steps=100, corrector="none", seed=0, cond={"y": y})
+            x_null, _ = samplers.pc_sample(sde, score_fn, (8 * n, 2), steps=100, corrector="none", seed=1)
     finally:
         torch.set_num_threads(threads)
     nearest = torch.cdist(x.double(), means).argmin(1)

@@ -14,8 +14,9 @@ from sde_lib import append_dims
 from samplers.controllable import (colorization_basis, colorize_sample, inpaint_sample, threshold_x0,
                                    thresholded_score)
 from samplers.ddim import ddim_sample
-from score_toolkit.analytic import GaussianMixture
-from tests.conftest import Counted, make_sdes, point_mass_score
+from samplers.edm import heun_sample
+from sde_lib.analytic import GaussianMixture
+from tests.helpers import Counted, make_sdes, point_mass_score
 
 F64 = torch.float64
 
@@ -143,10 +144,20 @@ def test_known_part_is_a_fresh_forward_draw_of_the_observation_at_every_step():
 
 
 def test_heun_churn_is_spread_over_the_whole_grid():
-    """EDM's s_churn is a total over the n steps; one interval per call must get s_churn / n."""
-    from samplers.controllable import _check_sampler
-    _, options = _check_sampler("heun", {"s_churn": 8.0}, 4)
-    assert options == {"steps": 1, "kwargs": {"s_churn": 2.0}}
+    """EDM's s_churn is a total over the n steps (gamma_i = s_churn / n), so one interval per call must
+    get s_churn / n: the score is asked at the raised levels nu_hat = (1 + s_churn / n) nu_i that heun over
+    the whole grid asks at (the whole s_churn per call would give the cap 1 + gamma = sqrt(2) instead)."""
+    sde = make_sdes()["ve"]
+    grid = torch.tensor([0.9, 0.7, 0.5, 0.3, 0.1], dtype=F64)  # 1.25 nu(0.9) stays below nu(T): no cap
+    score = point_mass_score(sde, torch.zeros(2, dtype=F64))
+    inpainted, whole = [], []
+    recorder = lambda times: (lambda x, t: times.append(float(t[0])) or score(x, t))
+    _, nfe = inpaint_sample(sde, recorder(inpainted), (4, 2), y=torch.zeros(2), mask=torch.zeros(2), sampler="heun",
+                            grid=grid, seed=0, dtype=F64, sampler_options={"s_churn": 1.0})
+    heun_sample(sde, recorder(whole), (4, 2), grid=grid, s_churn=1.0, seed=0, dtype=F64)
+    assert nfe == len(whole) == 8 and inpainted == pytest.approx(whole, rel=1e-12)
+    nu = lambda u: float((-sde.log_snr(torch.tensor(u, dtype=F64))).exp())
+    assert nu(whole[0]) == pytest.approx(1.25 * nu(0.9), rel=1e-9)
 
 
 def test_seed_fixes_the_samples_and_leaves_the_global_generator_alone():
@@ -216,14 +227,22 @@ def test_colorization_of_images_keeps_the_gray_level_per_pixel():
     (dict(jump=1.5), r"jump must be a positive integer, got 1.5"),
     (dict(steps=None), r"steps"),
     (dict(sampler="nope"), r"unknown sampler 'nope'; registered samplers: .*ddim.*pc"),
-    (dict(sampler="adaptive"), r"'adaptive' cannot run one grid interval at a time.*use one of .*ddim"),
-    (dict(sampler="ode"), r"fixed-step method.*method='dopri5'"),
+    (dict(sampler="adaptive"), r"'adaptive' with its defaults chooses its own times, so it cannot run one grid "
+                               r"interval at a time; use a fixed-step sampler"),
+    (dict(sampler="ode"), r"'ode' with its defaults chooses its own times.*sampler_options=\{'method': 'rk4'\}"),
+    (dict(sampler="ode", sampler_options={"method": "dopri8"}), r"'ode' with \{'method': 'dopri8'\} chooses its own"),
     (dict(sampler_options={"steps": 3}), r"sampler_options must not set 'steps'"),
 ])
 def test_bad_input_is_refused_before_any_score_call(kwargs, match):
     args = dict(y=torch.zeros(4, 2), mask=torch.ones(2), steps=3)
     with pytest.raises(ValueError, match=match):
         inpaint_sample(make_sdes()["vp"], never_called, (4, 2), **{**args, **kwargs})
+
+
+def test_a_misspelled_sampler_option_is_refused_before_any_score_call():
+    with pytest.raises(TypeError, match=r"pc_sample got an unknown option 'nsteps'; did you mean 'n_steps'\?"):
+        inpaint_sample(make_sdes()["vp"], never_called, (4, 2), y=torch.zeros(4, 2), mask=torch.ones(2), steps=3,
+                       sampler_options={"nsteps": 3})
 
 
 def test_colorization_refuses_bad_shapes():
@@ -305,5 +324,5 @@ def test_thresholded_score_keeps_the_conditioning_check():
         return torch.zeros_like(x)
     wrapped = thresholded_score(make_sdes()["vp"], labelled)
     assert wrapped.cond_keys == ("y",)
-    with pytest.raises(TypeError, match="conditioning argument 'z'"):
-        samplers.get_sampler("ddim")(make_sdes()["vp"], wrapped, (2, 2), steps=2, z=1)
+    with pytest.raises(TypeError, match=r"conditioning 'z' is not taken by the score function .*it takes \['y'\]"):
+        samplers.get_sampler("ddim")(make_sdes()["vp"], wrapped, (2, 2), steps=2, cond={"z": torch.ones(2)})

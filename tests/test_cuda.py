@@ -14,10 +14,8 @@ import samplers
 import sde_lib
 from score_toolkit import training
 from configs.fashionmnist_vp_ddpmpp import get_config as get_image_config
-from tests.conftest import make_sdes, mixture_2d, random_mixture
-from tests.test_likelihood import exact_check
-from tests.test_samplers import assert_recovers
-from tests.test_training import assert_same_state, final_weights, small_config
+from tests.helpers import (assert_recovers, assert_same_state, exact_check, final_weights, make_sdes, mixture_2d,
+                           random_mixture, small_config)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 CUDA = torch.device("cuda")
@@ -26,7 +24,7 @@ CUDA = torch.device("cuda")
 @pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
 def test_pc_and_ode_recover_mixture_on_cuda(sde_name):
     sde, gm = make_sdes()[sde_name], mixture_2d()
-    x, _ = samplers.pc_sample(sde, gm.score_fn(sde), (3000, 2), N=200, seed=0, device=CUDA)
+    x, _ = samplers.pc_sample(sde, gm.score_fn(sde), (3000, 2), steps=200, seed=0, device=CUDA)
     assert x.device.type == "cuda"
     assert_recovers(gm, x.cpu())
     x, _ = samplers.ode_sample(sde, gm.score_fn(sde), (3000, 2), seed=0, device=CUDA)

@@ -6,19 +6,10 @@ import torch
 import samplers
 import sde_lib
 from samplers.ddim import ddim_sample, ddpm_strided_grid
-from score_toolkit.analytic import GaussianMixture
-from tests.conftest import Counted, make_sdes, mixture_2d, point_mass_score
+from sde_lib.analytic import GaussianMixture
+from tests.helpers import Counted, make_sdes, mixture_2d, point_mass_score, random_grid
 
 F64 = torch.float64
-
-
-def random_grid(sde, n, seed):
-    """T, n - 1 random times in (eps, T) in decreasing order, eps."""
-    g = torch.Generator().manual_seed(seed)
-    eps = sde.sampling_eps
-    inner = eps + (sde.T - eps) * torch.rand(n - 1, generator=g, dtype=F64) ** 2
-    return torch.cat([torch.tensor([sde.T], dtype=F64), inner.sort(descending=True).values,
-                      torch.tensor([eps], dtype=F64)])
 
 
 def prior(sde, n, seed, dim=2):
@@ -110,8 +101,11 @@ def test_nfe_counts_real_calls_and_denoise_adds_one_tweedie_step():
     plain, _ = ddim_sample(sde, gm.score_fn(sde), x_T.shape, steps=7, x_T=x_T, dtype=F64)
     t = torch.full((32,), sde.sampling_eps, dtype=F64)
     assert (x - sde.tweedie(plain, t, gm.score_fn(sde)(plain, t))).abs().max() < 1e-12
-    score = Counted(gm.score_fn(sde))  # explicit times: their number of steps
-    assert ddim_sample(sde, score, x_T.shape, steps=1, grid=random_grid(sde, 5, 0), x_T=x_T)[1] == score.calls == 5
+    score = Counted(gm.score_fn(sde))  # explicit times: their number of steps, which steps may not contradict
+    assert ddim_sample(sde, score, x_T.shape, grid=random_grid(sde, 5, 0), x_T=x_T)[1] == score.calls == 5
+    with pytest.raises(ValueError, match=r"steps = 1 contradicts the grid of 6 times \(5 steps\)"):
+        ddim_sample(sde, score, x_T.shape, steps=1, grid=random_grid(sde, 5, 0), x_T=x_T)
+    assert score.calls == 5
 
 
 def test_same_seed_same_samples_and_callback_sees_every_step():
@@ -135,7 +129,7 @@ def test_conditioning_reaches_the_score():
         got.append(y)
         return gm.score_fn(sde)(x, t)
 
-    _, nfe = ddim_sample(sde, score, (8, 2), steps=4, eta=0.3, denoise=True, seed=0, y=labels)
+    _, nfe = ddim_sample(sde, score, (8, 2), steps=4, eta=0.3, denoise=True, seed=0, cond={"y": labels})
     assert nfe == 5 and len(got) == 5 and all(y is labels for y in got)
 
 

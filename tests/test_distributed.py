@@ -3,17 +3,15 @@ weights as one process with batch B, resume from each other's checkpoints, and s
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
 from score_toolkit import checkpoints
+from tests.helpers import ROOT, torchrun
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 50
 # The swiss-roll MLP (no dropout), global batch 16, a checkpoint every 10 steps.
 ARGS = [f"--config.training.n_iters={STEPS}", "--config.training.batch_size=16", "--config.training.log_freq=1",
@@ -24,17 +22,8 @@ ARGS = [f"--config.training.n_iters={STEPS}", "--config.training.batch_size=16",
 TOL = dict(rtol=1e-5, atol=1e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cmd(workdir, nproc: int, *extra):
-    launcher = ([sys.executable] if nproc == 1 else
-                [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                 f"--master_port={_free_port()}"])
-    return [*launcher, os.path.join(ROOT, "main.py"), "--mode", "train", "--workdir", str(workdir), *ARGS, *extra]
+    return [*torchrun(nproc), "--mode", "train", "--workdir", str(workdir), *ARGS, *extra]
 
 
 def _train(workdir, nproc: int, *extra):

@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from _launch import run_main, run_ranks
 from score_toolkit import distributed
+from tests.helpers import run_main, run_ranks
 
 # The swiss-roll MLP after 2 steps; 4 NLL batches of 4 points and 4 sample batches of 4: 2 per rank.
 ARGS = ["--config.training.n_iters=2", "--config.training.batch_size=16", "--config.training.checkpoint_freq=2",

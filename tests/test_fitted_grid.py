@@ -12,7 +12,7 @@ import torch
 
 import samplers
 import sde_lib
-from conftest import Counted, mixture_2d
+from tests.helpers import Counted, ROOT, flow_reference, make_sdes, mixture_2d, run_main, torchrun
 
 PILOT = dict(seed=10, dtype=torch.float64)
 
@@ -26,20 +26,15 @@ def _error(sde, score, sampler, steps, grid, x_T, x_ref, **kw) -> float:
     return float((x - x_ref).pow(2).sum(1).mean().sqrt() / spread)
 
 
-def _held_out(sde, score, n=2000, seed=0):
-    x_T = sde.prior_sampling((n, 2), torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return x_T, samplers.solve_flow(sde, score, x_T, sde.T, sde.sampling_eps, rtol=1e-10, atol=1e-10)[0]
-
-
-@pytest.mark.parametrize("sde, sampler, gain, pilot_gain", [
-    (sde_lib.VESDE(), "unipc", 3.0, 2.2),      # measured: 0.0378 -> 0.0099 (3.8x); pilot 0.0338 -> 0.0129 (2.6x)
-    (sde_lib.VPSDE(), "dpmpp_2m", 1.8, 1.7),   # measured: 0.0601 -> 0.0291 (2.1x); pilot 0.0601 -> 0.0311 (1.9x)
+@pytest.mark.parametrize("sde_name, sampler, gain, pilot_gain", [
+    ("ve", "unipc", 3.0, 2.2),      # measured: 0.0378 -> 0.0099 (3.8x); pilot 0.0338 -> 0.0129 (2.6x)
+    ("vp", "dpmpp_2m", 1.8, 1.7),   # measured: 0.0601 -> 0.0291 (2.1x); pilot 0.0601 -> 0.0311 (1.9x)
 ])
-def test_a_fitted_grid_beats_uniform_log_snr_on_draws_it_never_saw(sde, sampler, gain, pilot_gain):
-    gm = mixture_2d()
+def test_a_fitted_grid_beats_uniform_log_snr_on_draws_it_never_saw(sde_name, sampler, gain, pilot_gain):
+    sde, gm = make_sdes()[sde_name], mixture_2d()
     score = gm.score_fn(sde)
     grid, info = samplers.fit_grid(sde, score, (1000, 2), steps=10, sampler=sampler, max_evals=400, **PILOT)
-    x_T, x_ref = _held_out(sde, score)
+    x_T, x_ref = flow_reference(sde_name, n=2000)  # 2000 held-out draws and their converged flow
     before = _error(sde, score, sampler, 10, "uniform_log_snr", x_T, x_ref)
     after = _error(sde, score, sampler, 10, grid, x_T, x_ref)
     assert after * gain < before, (before, after, info)
@@ -62,11 +57,11 @@ def test_the_fitted_grid_is_a_grid_from_T_to_eps_and_the_same_for_the_same_seed(
 def test_conditioning_reaches_every_score_call():
     sde, gm = sde_lib.VPSDE(), mixture_2d()
     y = torch.arange(300) % 2
-    grid, info = samplers.fit_grid(sde, gm.conditional_score_fn(sde), (300, 2), steps=5, max_evals=50, y=y,
-                                   **PILOT)
+    grid, info = samplers.fit_grid(sde, gm.conditional_score_fn(sde), (300, 2), steps=5, max_evals=50,
+                                   cond={"y": y}, **PILOT)
     assert info["pilot_error"] < info["pilot_error_initial"]
     with pytest.raises(ValueError, match="y must be 300 integer labels"):  # a bad label reaches the score
-        samplers.fit_grid(sde, gm.conditional_score_fn(sde), (300, 2), steps=5, y=y + 5, **PILOT)
+        samplers.fit_grid(sde, gm.conditional_score_fn(sde), (300, 2), steps=5, cond={"y": y + 5}, **PILOT)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -87,8 +82,9 @@ def test_a_stochastic_sampler_is_refused_before_any_network_call(kwargs, match):
     (dict(max_evals=0), "max_evals must be a positive integer, got 0"),
     (dict(shape=(1, 2)), r"shape must start with a pilot batch of at least 2 draws, got \(1, 2\)"),
     (dict(ref_tol=0.0), r"ref_tol must be in \(0, 1\), got 0.0"),
-    (dict(sampler="adaptive"), "sampler 'adaptive' chooses its own steps"),
-    (dict(sampler="ode"), "sampler 'ode' with method 'dopri5' chooses its own steps"),
+    (dict(sampler="adaptive"), "sampler 'adaptive' with its defaults chooses its own steps, so it has no grid to fit"),
+    (dict(sampler="ode"), "sampler 'ode' with its defaults chooses its own steps"),
+    (dict(sampler="ode", sampler_kwargs={"method": "dopri8"}), r"sampler 'ode' with \{'method': 'dopri8'\} chooses its own"),
     (dict(sampler="nope"), "nope"),
     (dict(init=torch.tensor([1.0, 0.5, 1e-5])), r"init must be a grid of steps \+ 1 = 5 times"),
     (dict(eps=2.0), "eps must lie in"),
@@ -106,7 +102,6 @@ def test_bad_input_is_refused_before_any_network_call(kwargs, match):
 def test_the_command_line_fits_once_per_checkpoint_and_reuses_the_grid(tmp_path):
     """--config.sampling.grid=fitted: the grid is fitted on the first run, kept beside the samples, and
     read back by later runs, which then draw the same samples; a sampler it cannot fit is refused."""
-    from _launch import ROOT, run_main, torchrun
     workdir = str(tmp_path / "ve")
     common = ["--config", "configs/swissroll_ve_mlp.py", "--workdir", workdir, "--config.num_threads=1",
               "--config.training.n_iters=10", "--config.training.checkpoint_freq=10", "--config.data.n_train=200",

@@ -8,8 +8,8 @@ import torch
 
 import samplers
 from samplers.guidance import cfg_score, classifier_gradient, classifier_guided_score
-from score_toolkit.analytic import GaussianMixture
-from tests.conftest import make_sdes, mixture_2d
+from sde_lib.analytic import GaussianMixture
+from tests.helpers import make_sdes, mixture_2d
 
 MIX2 = mixture_2d()
 # Three separated components with correlated covariances of both signs.
@@ -128,7 +128,7 @@ def test_guided_samplers_reproduce_the_class_component(kind, mix_name, sde_name)
     y = torch.arange(n) % len(mix.weights)
     score_fn = guided(kind, mix, sde)
     for name, kwargs in (("pc", {"steps": 200}), ("ode", {"rtol": 1e-4, "atol": 1e-4}), ("dpmpp_2m", {"steps": 30})):
-        x, nfe = samplers.get_sampler(name)(sde, score_fn, (n, 2), seed=0, y=y, **kwargs)
+        x, nfe = samplers.get_sampler(name)(sde, score_fn, (n, 2), seed=0, cond={"y": y}, **kwargs)
         assert nfe > 0
         assert_class_components(mix, x, y)
 
@@ -140,7 +140,7 @@ def test_every_registered_sampler_takes_a_guided_score(kind):
     score_fn = guided(kind, MIX2, sde)
     for name in samplers.list_samplers():
         kwargs = {"ode": {}, "adaptive": {"max_nfe": 5000}}.get(name, {"steps": 30})
-        x, nfe = samplers.get_sampler(name)(sde, score_fn, (n, 2), seed=1, y=y, **kwargs)
+        x, nfe = samplers.get_sampler(name)(sde, score_fn, (n, 2), seed=1, cond={"y": y}, **kwargs)
         assert (MIX2.component_of(x) == y).double().mean() > 0.97, name
 
 
@@ -153,7 +153,7 @@ def test_cfg_pushes_a_class_away_from_the_other_component(sampler, kwargs):
     distance = []
     for w in (0.0, 1.0, 3.0):
         x, _ = samplers.get_sampler(sampler)(sde, cfg_score(MIX2.conditional_score_fn(sde), w, 2), (n, 2),
-                                             seed=0, y=y, **kwargs)
+                                             seed=0, cond={"y": y}, **kwargs)
         distance.append(float((x.double().mean(0) - MIX2.means[1]).norm()))
     assert distance[0] < distance[1] < distance[2], distance
     assert abs(distance[0] - float((MIX2.means[0] - MIX2.means[1]).norm())) < 0.1, distance  # w = 0: component 0
@@ -177,7 +177,8 @@ def test_one_batched_network_call_per_guided_call(sampler):
     kwargs = {"ode": {"method": "euler", "steps": 7}}.get(sampler, {"steps": 7})
     for w in (0.0, 2.0):
         net = CountingScore()
-        _, nfe = samplers.get_sampler(sampler)(sde, cfg_score(net, w, null_label=3), (n, 2), seed=0, y=y, **kwargs)
+        _, nfe = samplers.get_sampler(sampler)(sde, cfg_score(net, w, null_label=3), (n, 2), seed=0, cond={"y": y},
+                                               **kwargs)
         assert len(net.calls) == nfe > 0
         if w == 0:  # the plain conditional score: no null half
             assert all(torch.equal(c, y) for c in net.calls)
@@ -192,13 +193,14 @@ def test_one_batched_network_call_per_guided_call(sampler):
 def test_per_sample_conditioning_is_doubled_with_the_batch():
     seen = {}
 
-    def score(x, t, y, mask, scale):
-        seen.update(x=x.shape[0], mask=mask.shape[0], scale=scale)
-        return -x * mask[:, None]
+    def score(x, t, y, mask, scale, extra=None):
+        seen.update(x=x.shape[0], mask=mask.shape[0], scale=tuple(scale.shape), extra=extra)
+        return -x * mask[:, None] * scale
 
     x, t, y = torch.randn(5, 2), torch.full((5,), 0.3), torch.zeros(5, dtype=torch.long)
-    out = cfg_score(score, 1.0, 2)(x, t, y=y, mask=torch.ones(5), scale=0.7)
-    assert seen == {"x": 10, "mask": 10, "scale": 0.7} and torch.allclose(out, -x)
+    scale = torch.linspace(0.5, 1.5, 5)[:, None]
+    out = cfg_score(score, 1.0, 2)(x, t, y=y, mask=torch.ones(5), scale=scale, extra=None)
+    assert seen == {"x": 10, "mask": 10, "scale": (10, 1), "extra": None} and torch.allclose(out, -x * scale)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -209,7 +211,7 @@ def test_bad_labels_and_scales_are_refused_before_any_network_call():
     for bad, shown in ((torch.tensor([0, 3, 1, 0]), "y[1] = 3"), (torch.tensor([0, -1, 1, 0]), "y[1] = -1")):
         message = r"y must be integer class labels in \[0, 3\).*null label 3.*" + re.escape(shown)
         with pytest.raises(ValueError, match=message):
-            samplers.dpmpp_2m_sample(sde, cfg_score(net, 1.0, 3), (4, 2), steps=5, y=bad)
+            samplers.dpmpp_2m_sample(sde, cfg_score(net, 1.0, 3), (4, 2), steps=5, cond={"y": bad})
     with pytest.raises(ValueError, match=r"y must be .*\[0, 3\).*torch.float32"):
         cfg_score(net, 1.0, 3)(torch.zeros(4, 2), torch.ones(4), y=torch.zeros(4))
     with pytest.raises(ValueError, match=r"y must be .*shape \[4\].*got shape \(3,\)"):
@@ -233,7 +235,7 @@ def test_bad_labels_and_scales_are_refused_before_any_network_call():
     for K in (2, None):
         fn = classifier_guided_score(lambda x, t: net(x, t, torch.zeros(len(x))), classifier, 1.0, num_classes=K)
         with pytest.raises(ValueError, match=r"y must be integer class labels in \[0, 2\).*y\[0\] = 2"):
-            samplers.ddim_sample(sde, fn, (4, 2), steps=5, y=torch.tensor([2, 0, 0, 1]))
+            samplers.ddim_sample(sde, fn, (4, 2), steps=5, cond={"y": torch.tensor([2, 0, 0, 1])})
         assert len(classifier_calls) == (0 if K == 2 else 1)
     assert not net.calls
 
@@ -242,6 +244,6 @@ def test_an_unconditional_network_in_cfg_is_refused_by_name():
     def score(x, t):
         return -x
 
-    with pytest.raises(TypeError, match="conditioning argument 'y' is not taken"):
-        samplers.ddim_sample(make_sdes()["vp"], cfg_score(score, 1.0, 2), (4, 2), steps=5,
-                             y=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"classifier-free guidance needs a class-conditional score_fn, but score "
+                                         r"takes no conditioning \(no y\)"):
+        cfg_score(score, 1.0, 2)

@@ -6,23 +6,9 @@ import torch
 
 import likelihood
 import sde_lib
-from score_toolkit.analytic import GaussianMixture
-from tests.conftest import make_sdes, random_mixture
-
-EPS = 1e-5
-
-
-def exact_check(sde, gm, x, **kw):
-    """Errors in bits/dim of log_likelihood against the analytic log p_eps(x).
-
-    The model's prior N(0, prior_std^2 I) is only close to the true p_T; to test the ODE and the
-    divergence alone, the true log p_T(z) replaces the prior term here.
-    """
-    logp, z, nfe = likelihood.log_likelihood(sde, gm.score_fn(sde), x, eps=EPS, **kw)
-    logp_true_prior = logp - sde.prior_logp(z) + gm.log_prob(z, sde, torch.tensor(sde.T))
-    D = x.shape[1]
-    return (logp_true_prior - gm.log_prob(x, sde, torch.tensor(EPS))) / (D * math.log(2)), logp, nfe
-
+from sde_lib.analytic import GaussianMixture
+from tests.helpers import LIKELIHOOD_EPS as EPS
+from tests.helpers import exact_check, make_sdes, random_mixture
 
 @pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
 @pytest.mark.parametrize("dim, n", [(2, 100), (16, 32)])

@@ -7,8 +7,8 @@ import torch
 from score_toolkit import losses
 import models
 import sde_lib
-from score_toolkit.analytic import GaussianMixture
-from tests.conftest import make_sdes
+from sde_lib.analytic import GaussianMixture
+from tests.helpers import make_sdes
 
 C2 = 0.5  # data N(0, C2 I) in 2-D
 
@@ -47,6 +47,25 @@ def test_loss_at_exact_score_has_known_value(sde_name, weighting, importance, co
     expected = expected_loss_at_true_score(sde, weighting, 1e-5, continuous)
     se = vals.std() / math.sqrt(len(vals))
     assert abs(vals.mean() - expected) < 4 * se + 1e-3 * expected, (vals.mean().item(), expected)
+
+
+def test_conditioning_reaches_the_model_as_the_fourth_argument_or_cond():
+    """Labelled data (label = component, each N(mu_k, C2 I)) under the exact class-conditional score: the
+    loss has the value of one Gaussian N(0, C2 I) at its exact score, and wrong labels raise it."""
+    sde = sde_lib.VPSDE()
+    gm = GaussianMixture([0.5, 0.5], [[-2.0, 0.0], [2.0, 0.0]], [C2, C2])
+    loss_fn = losses.get_loss_fn(sde, eps=1e-5)
+    x0, y = gm.sample(100_000, torch.Generator().manual_seed(0), return_labels=True)
+    x0, score = x0.double(), gm.conditional_score_fn(sde)
+    vals = torch.stack([loss_fn(score, x0[i::10], torch.Generator().manual_seed(i), {"y": y[i::10]})
+                        for i in range(10)])
+    expected, se = expected_loss_at_true_score(sde, "std2", 1e-5), vals.std() / math.sqrt(len(vals))
+    assert abs(vals.mean() - expected) < 4 * se + 1e-3 * expected, (vals.mean().item(), expected)
+    by_keyword = loss_fn(score, x0[::10], torch.Generator().manual_seed(0), cond={"y": y[::10]})
+    assert torch.equal(by_keyword, vals[0])
+    assert loss_fn(score, x0[::10], torch.Generator().manual_seed(0), cond={"y": 1 - y[::10]}) > 2 * vals[0]
+    with pytest.raises(ValueError, match=r"cond\['y'\] must be a tensor with one row per sample"):
+        loss_fn(score, x0[:8], None, {"y": y[:7]})
 
 
 def test_sum_reduction_is_dim_times_mean():

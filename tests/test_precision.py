@@ -16,7 +16,7 @@ from score_toolkit import runtime
 from score_toolkit import training
 from score_toolkit import validation
 from score_toolkit.config_keys import set_keys
-from tests.test_training import assert_same_state, small_config
+from tests.helpers import assert_same_state, small_config
 
 # Largest relative difference allowed between a bf16 / fp16 run's logged losses and fp32's over the
 # same 100 steps (same data, times and noise). Measured here: ~1e-3 for both.
@@ -101,9 +101,9 @@ def test_fp16_overflows_do_not_stop_training_but_a_nan_loss_does(tmp_path, monke
     def poisoned(config, sde):
         fn, calls = real(config, sde), [0]
 
-        def loss_fn(score_fn, x, g):
+        def loss_fn(score_fn, x, g, cond=None):
             calls[0] += 1
-            return fn(score_fn, x, g) * (float("nan") if calls[0] == 15 else 1.0)
+            return fn(score_fn, x, g, cond) * (float("nan") if calls[0] == 15 else 1.0)
 
         return loss_fn
 

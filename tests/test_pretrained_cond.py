@@ -17,7 +17,7 @@ def test_guided_samples_of_each_class_have_its_brightness():
     sde = factories.build_sde(config)
     score = factories.build_score_fn(config, sde, model, torch.device("cpu"))
     y = torch.tensor([1, 4, 5, 8]).repeat_interleave(8)
-    x, nfe = samplers.dpmpp_2m_sample(sde, score, (32, 1, 32, 32), steps=10, seed=0, y=y)
+    x, nfe = samplers.dpmpp_2m_sample(sde, score, (32, 1, 32, 32), steps=10, seed=0, cond={"y": y})
     assert nfe == 10
     means = ((x + 1) / 2).clamp(0, 1).mean((1, 2, 3))
     for k in (1, 4, 5, 8):

@@ -12,41 +12,17 @@ seeded weights and inputs. No weights are stored.
 """
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Dict, Tuple
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 from models import checkpoint_convert
 from models.registry import get_model
+from tests.helpers import LAYOUTS, NARROW, ShapesOnly, reference_params
 
-FIXTURE = Path(__file__).parent / "fixtures" / "score_sde_layouts.json"
-LAYOUTS: Dict[str, dict] = json.loads(FIXTURE.read_text())
-NARROW = [f for f in LAYOUTS if "known_answer" in LAYOUTS[f]]
 HIGH_RES = "narrow_highres_output_skip_input_skip"
-def reference_params(family: str) -> Dict[str, Tuple[int, ...]]:
-    """The reference's {parameter name: shape}, in its `named_parameters()` order."""
-    entry = LAYOUTS[family]
-    params = entry["params"] if "params" in entry else LAYOUTS[entry["same_params_as"]]["params"]
-    return {name: tuple(shape) for name, shape in params.items()}
-
-
-class ShapesOnly(TorchFunctionMode):
-    """Puts new uninitialised, zero, one and random tensors on the meta device, so a network of
-    10^8 parameters builds in milliseconds without memory; tensors made from Python data (the FIR
-    taps, which the constructors validate by value) stay on the CPU."""
-
-    ALLOCATORS = {torch.empty, torch.empty_strided, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        if func in self.ALLOCATORS and kwargs.get("device") is None:
-            kwargs["device"] = "meta"
-        return func(*args, **kwargs)
 
 
 def build(family: str, shapes_only: bool = False) -> torch.nn.Module:

@@ -4,26 +4,14 @@ import torch
 
 import samplers
 import sde_lib
-from tests.conftest import make_sdes, mixture_2d
+from sde_lib.analytic import GaussianMixture
+from tests.helpers import assert_recovers, make_sdes, mixture_2d
 
 N_SAMPLES = 3000
 PAIRS = [(p, c) for p in samplers.list_predictors() for c in samplers.list_correctors()
          if (p, c) != ("none", "none")]  # no predictor and no corrector is not a sampler
 
 LAGGING = {("none", "ald", "vp"), ("none", "ald", "subvp")}
-
-
-def assert_recovers(gm, x, mean_atol=0.1):
-    """Component weights within 0.03, per-component, per-axis std within 10%, means within mean_atol."""
-    assert torch.isfinite(x).all()
-    k = gm.component_of(x)
-    for j in range(len(gm.weights)):
-        w = (k == j).double().mean().item()
-        assert abs(w - gm.weights[j].item()) < 0.03, f"component {j}: weight {w:.3f} vs {gm.weights[j]:.3f}"
-        xs = x[k == j].double()
-        true_std = gm.covs[j].diagonal().sqrt()
-        assert torch.allclose(xs.std(0), true_std, rtol=0.10), f"component {j}: std {xs.std(0)} vs {true_std}"
-        assert torch.allclose(xs.mean(0), gm.means[j], atol=mean_atol)
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
@@ -33,7 +21,7 @@ def test_pc_recovers_mixture(sde_name, predictor, corrector):
     # Corrector-only sampling (NCSN's annealed Langevin) needs several, larger MCMC steps per level.
     n_steps, snr = (10, 0.2) if predictor == "none" else (1, 0.16)
     x, nfe = samplers.pc_sample(sde, gm.score_fn(sde), (N_SAMPLES, 2), predictor=predictor,
-                                corrector=corrector, n_steps=n_steps, snr=snr, N=200, seed=0)
+                                corrector=corrector, n_steps=n_steps, snr=snr, steps=200, seed=0)
     # Annealed Langevin alone steps by (snr sigma)^2, too little to follow the VP-type mean
     # alpha(t) mu back to mu as sigma -> 0: its means lag by ~0.18 here (it is a VE method).
     assert_recovers(gm, x, 0.25 if (predictor, corrector, sde_name) in LAGGING else 0.1)
@@ -57,22 +45,22 @@ def test_fixed_step_ode_and_probability_flow_predictor_agree():
     rk4, nfe = samplers.ode_sample(sde, gm.score_fn(sde), z.shape, x_T=z, method="rk4", steps=100)
     assert nfe == 400 and (rk4 - ref).abs().max() < 1e-4
     em, _ = samplers.pc_sample(sde, gm.score_fn(sde), z.shape, x_T=z, predictor="euler_maruyama",
-                               corrector="none", probability_flow=True, N=2000, denoise=False)
+                               corrector="none", probability_flow=True, steps=2000, denoise=False)
     assert (em - ref).abs().max() < 2e-2
 
 
 def test_same_seed_same_samples_and_generator():
     sde, gm = sde_lib.VESDE(), mixture_2d()
-    a, _ = samplers.pc_sample(sde, gm.score_fn(sde), (16, 2), N=20, seed=7)
-    b, _ = samplers.pc_sample(sde, gm.score_fn(sde), (16, 2), N=20, generator=torch.Generator().manual_seed(7))
-    c, _ = samplers.pc_sample(sde, gm.score_fn(sde), (16, 2), N=20, seed=8)
+    a, _ = samplers.pc_sample(sde, gm.score_fn(sde), (16, 2), steps=20, seed=7)
+    b, _ = samplers.pc_sample(sde, gm.score_fn(sde), (16, 2), steps=20, generator=torch.Generator().manual_seed(7))
+    c, _ = samplers.pc_sample(sde, gm.score_fn(sde), (16, 2), steps=20, seed=8)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_callback_sees_every_step_and_progress_bar_runs():
     sde, gm = sde_lib.VPSDE(), mixture_2d()
     seen = []
-    samplers.pc_sample(sde, gm.score_fn(sde), (4, 2), N=10, seed=0, progress=True,
+    samplers.pc_sample(sde, gm.score_fn(sde), (4, 2), steps=10, seed=0, progress=True,
                        callback=lambda d: seen.append((d["i"], d["t"])))
     assert [i for i, _ in seen] == list(range(10))
     assert abs(seen[-1][1] - sde.sampling_eps) < 1e-12 and seen[0][1] < sde.T
@@ -94,11 +82,10 @@ def test_langevin_per_sample_norms_are_batch_independent():
 
 def test_langevin_per_sample_norms_sample_high_dimensional_gaussian():
     """In 64-D, where ||s|| concentrates, per-sample norms sample N(0, v I) nearly as well as batch ones."""
-    from score_toolkit.analytic import GaussianMixture
     sde, gm = sde_lib.VPSDE(N=100), GaussianMixture([1.0], torch.zeros(1, 64), [0.5])
     var = {}
     for norm in ("batch", "sample"):
-        x, _ = samplers.pc_sample(sde, gm.score_fn(sde), (500, 64), n_steps=5, N=100, seed=0,
+        x, _ = samplers.pc_sample(sde, gm.score_fn(sde), (500, 64), n_steps=5, steps=100, seed=0,
                                   corrector_options={"norm": norm})
         var[norm] = x.var().item()
     assert abs(var["batch"] - 0.5) < 0.02 and abs(var["sample"] - 0.5) < 0.04
@@ -123,20 +110,21 @@ def test_eps_outside_interval(eps):
         samplers.ode_sample(sde, gm.score_fn(sde), (4, 2), eps=eps)
 
 
-def test_wrong_score_shape_names_step_and_t():
+def test_wrong_score_shape_names_the_call_and_t():
     sde = sde_lib.VPSDE()
-    with pytest.raises(ValueError, match=r"score_fn returned \(4, 3\).*step 0, t=1"):
-        samplers.pc_sample(sde, lambda x, t: torch.zeros(4, 3), (4, 2), N=5)
+    with pytest.raises(ValueError, match=r"score_fn returned \(4, 3\) for x of shape \(4, 2\) at score call 1, t=1;"):
+        samplers.pc_sample(sde, lambda x, t: torch.zeros(4, 3), (4, 2), steps=5)
 
 
-def test_non_finite_score_raises_with_step_and_t():
+def test_non_finite_score_raises_naming_the_call_and_t():
     sde = sde_lib.VPSDE()
 
     def bad(x, t):
         return torch.full_like(x, float("nan")) if t[0] < 0.5 else -x
 
-    with pytest.raises(FloatingPointError, match=r"score_fn produced non-finite values at step 6 \(t=0\.4006\)"):
-        samplers.pc_sample(sde, bad, (4, 2), N=10, corrector="none")
+    # Without a corrector, step i makes score call i + 1: step 6, at t = 1 - 6 (1 - 1e-3) / 10, is call 7.
+    with pytest.raises(FloatingPointError, match=r"score_fn produced non-finite values at score call 7 \(t=0\.4006\)"):
+        samplers.pc_sample(sde, bad, (4, 2), steps=10, corrector="none")
     with pytest.raises(FloatingPointError, match="score_fn"):
         samplers.ode_sample(sde, bad, (4, 2))
 
@@ -151,7 +139,7 @@ def test_register_a_new_predictor():
         sde = sde_lib.VPSDE()
         z = torch.randn(3, 2)
         x, nfe = samplers.pc_sample(sde, lambda x, t: -x, z.shape, x_T=z, predictor="test_identity",
-                                    corrector="none", N=3, denoise=False)
+                                    corrector="none", steps=3, denoise=False)
         assert torch.equal(x, z) and nfe == 0
     finally:
         samplers.predictors._PREDICTORS.remove("test_identity")

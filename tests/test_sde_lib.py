@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sde_lib
-from tests.conftest import make_sdes
+from tests.helpers import make_sdes
 
 
 def _simulate(sde, x0, t_end, n_steps, g):

@@ -14,34 +14,9 @@ from score_toolkit import factories
 from score_toolkit import checkpoints
 from score_toolkit import evaluation
 from score_toolkit import training
-from configs.swissroll_vp_mlp import get_config
-from score_toolkit.config_keys import set_keys
+from tests.helpers import assert_same_state, final_weights, small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def small_config(**overrides):
-    c = get_config()
-    c.data.n_train, c.data.n_test = 2000, 300
-    c.model.hidden, c.model.num_layers = 32, 2
-    t = c.training
-    t.batch_size, t.n_iters, t.log_freq, t.checkpoint_freq, t.snapshot_freq = 64, 30, 10, 10, 1000
-    c.optim.warmup = 5
-    c.sampling.N, c.sampling.n_samples, c.sampling.batch_size = 20, 100, 100
-    c.eval.n_nll, c.eval.batch_size, c.eval.n_samples = 100, 50, 100
-    return set_keys(c, **overrides)
-
-
-def final_weights(workdir):
-    step, state = checkpoints.load_latest(os.path.join(workdir, "checkpoints"))
-    return step, state
-
-
-def assert_same_state(a, b):
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for x, y in zip(a["ema"]["shadow_params"], b["ema"]["shadow_params"]):
-        assert torch.equal(x, y)
 
 
 def test_training_writes_everything_and_learns(tmp_path):
@@ -176,9 +151,9 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, monkeypatc
     def poisoned(config, sde):
         fn, calls = real(config, sde), [0]
 
-        def loss_fn(score_fn, x, g):
+        def loss_fn(score_fn, x, g, cond=None):
             calls[0] += 1
-            loss = fn(score_fn, x, g)
+            loss = fn(score_fn, x, g, cond)
             return loss * float("nan") if calls[0] == 15 else loss
 
         return loss_fn

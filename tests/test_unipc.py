@@ -12,10 +12,7 @@ import sde_lib
 from samplers.ddim import ddim_sample
 from samplers.dpm_solver import data_step, dpmpp_multistep_update
 from samplers.unipc import unipc_sample, unipc_update
-from tests.conftest import make_sdes, mixture_2d
-from tests.conftest import Counted, point_mass_score
-from tests.test_ddim import random_grid
-from tests.test_dpm_solver import flow_reference, spread
+from tests.helpers import Counted, flow_reference, make_sdes, mixture_2d, point_mass_score, random_grid, spread
 
 F64 = torch.float64
 
@@ -171,7 +168,7 @@ def test_seed_conditioning_and_callback():
         got.append(y)
         return gm.score_fn(sde)(x, t)
 
-    _, nfe = unipc_sample(sde, score, (4, 2), steps=6, order=3, seed=0, y=labels, progress=True,
+    _, nfe = unipc_sample(sde, score, (4, 2), steps=6, order=3, seed=0, cond={"y": labels}, progress=True,
                           callback=lambda d: seen.append((d["i"], d["t"], d["denoised"].shape)))
     assert len(got) == nfe == 6 and all(y is labels for y in got)
     assert seen[-1][1] == sde.sampling_eps and [i for i, _, _ in seen] == list(range(6))

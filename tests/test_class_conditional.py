@@ -199,6 +199,7 @@ def test_config_keys_reach_the_network():
 
 # ----------------------------------------------------------------------------- end to end
 
+@pytest.mark.slow
 def test_command_line_training_samples_each_class_in_its_component(tmp_path):
     """Known answer: class k of the labelled mixture is component k, so class-k samples must lie
     nearest component k's mean (chance: 1/8); the null label must still reach every component."""

@@ -74,6 +74,7 @@ def test_missing_config_file_lists_the_config_files():
     assert all(n in line for n in names) and "default.py" not in line
 
 
+@pytest.mark.slow
 def test_impossible_value_names_key_value_and_allowed(tmp_path):
     (line,) = assert_clean_error(cli("--config.optim.lr=-1", "--workdir", str(tmp_path / "w")))
     assert line == "error: config.optim.lr = -1.0 is not allowed: must be a number > 0"
@@ -109,6 +110,7 @@ def test_mode_config_prints_resolved_keys_and_writes_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_missing_image_data_is_reported_before_anything_is_written(tmp_path):
     workdir = tmp_path / "w"
     (line,) = assert_clean_error(cli("--config", "configs/fashionmnist_vp_ddpmpp.py",
@@ -117,6 +119,7 @@ def test_missing_image_data_is_reported_before_anything_is_written(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_eval_on_a_missing_workdir_creates_nothing_and_its_hint_works(tmp_path):
     """The issue's path: a README command on a fresh clone, the hint pasted, the command again."""
     workdir = str(tmp_path / "ve")
@@ -138,6 +141,7 @@ def test_eval_on_a_missing_workdir_creates_nothing_and_its_hint_works(tmp_path):
     assert "--mode train" in log and "--mode sample" in log and "wrote 20 samples" in log
 
 
+@pytest.mark.slow
 def test_sigterm_prints_one_clean_line(tmp_path):
     workdir = tmp_path / "w"
     args = [sys.executable, "main.py", "--workdir", str(workdir), "--config.training.n_iters=100000",

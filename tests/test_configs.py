@@ -96,7 +96,7 @@ def test_model_argument_it_does_not_take():
 @pytest.mark.parametrize("override, words", [
     ("--config.training.n_iterz=5", "n_iterz"),
     ("--config.training.batch_size=abc", "batch_size"),
-    ("--config.optim.lr=-1", "config.optim.lr"),
+    pytest.param("--config.optim.lr=-1", "config.optim.lr", marks=pytest.mark.slow),  # builds the model: 2-3 s
 ])
 def test_command_line_overrides_are_checked(tmp_path, override, words):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--mode", "train", "--workdir", str(tmp_path),

@@ -12,6 +12,9 @@ import torch
 from score_toolkit import checkpoints
 from tests.helpers import ROOT, torchrun
 
+# Each test trains through torchrun in subprocesses.
+pytestmark = pytest.mark.slow
+
 STEPS = 50
 # The swiss-roll MLP (no dropout), global batch 16, a checkpoint every 10 steps.
 ARGS = [f"--config.training.n_iters={STEPS}", "--config.training.batch_size=16", "--config.training.log_freq=1",

@@ -9,6 +9,9 @@ import pytest
 from score_toolkit import distributed
 from tests.helpers import run_main, run_ranks
 
+# Each test trains and evaluates through main.py on 1 and 2 ranks in subprocesses.
+pytestmark = pytest.mark.slow
+
 # The swiss-roll MLP after 2 steps; 4 NLL batches of 4 points and 4 sample batches of 4: 2 per rank.
 ARGS = ["--config.training.n_iters=2", "--config.training.batch_size=16", "--config.training.checkpoint_freq=2",
         "--config.training.snapshot_freq=100000", "--config.model.hidden=32", "--config.data.n_train=256",

@@ -99,6 +99,7 @@ def test_bad_input_is_refused_before_any_network_call(kwargs, match):
     assert score.calls == 0
 
 
+@pytest.mark.slow
 def test_the_command_line_fits_once_per_checkpoint_and_reuses_the_grid(tmp_path):
     """--config.sampling.grid=fitted: the grid is fitted on the first run, kept beside the samples, and
     read back by later runs, which then draw the same samples; a sampler it cannot fit is refused."""

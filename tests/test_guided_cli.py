@@ -39,6 +39,7 @@ def test_sample_labels_cycle_through_classes_or_fix_one():
     assert factories.sample_labels(get_config(), 4) == {}
 
 
+@pytest.mark.slow
 def test_trained_conditional_toy_samples_the_asked_class_with_and_without_guidance(tmp_path):
     work = str(tmp_path / "run")
     base = [sys.executable, os.path.join(ROOT, "main.py"), f"--config={ROOT}/configs/gmm_vp_mlp_cond.py",

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+# Each test trains, samples and evaluates an image model through main.py in subprocesses.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

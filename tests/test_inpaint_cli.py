@@ -47,6 +47,7 @@ def test_bad_observations_and_masks_are_refused(tmp_path):
         validation.validate_config(config)
 
 
+@pytest.mark.slow
 def test_inpainting_with_the_shipped_model_keeps_the_observed_half(tmp_path):
     observed = _observation(tmp_path / "obs.npz")
     cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--mode=sample",

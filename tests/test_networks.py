@@ -316,6 +316,7 @@ def overfit(net, loss_fn, steps: int) -> tuple:
     return before, after
 
 
+@pytest.mark.slow
 def test_tiny_ncsnpp_overfits_under_ve_denoising_score_matching():
     def loss_fn(net, x, z, u):
         # log sigma ~ U(log 0.05, log 2); the target of sigma * s(x + sigma z) is -z.
@@ -329,6 +330,7 @@ def test_tiny_ncsnpp_overfits_under_ve_denoising_score_matching():
     assert after < 0.1 * before
 
 
+@pytest.mark.slow
 def test_tiny_ddpmpp_overfits_under_vp_epsilon_matching():
     def loss_fn(net, x, z, u):
         # VP SDE with beta from 0.1 to 20, t ~ U(1e-3, 1), conditioning on 999 t; target: the noise.

@@ -1,6 +1,7 @@
 """The shipped Fashion-MNIST weights: small enough for git, loadable, and sampling garments."""
 import os
 
+import pytest
 import torch
 
 from score_toolkit import factories
@@ -8,6 +9,9 @@ from score_toolkit import evaluation
 import models
 import samplers
 from configs.fashionmnist_vp_ddpmpp_pretrained import WEIGHTS, get_config
+
+# Samples the shipped image model (a 32x32 U-Net on the CPU).
+pytestmark = pytest.mark.slow
 
 # Fashion-MNIST's training images, 28x28 padded with 2 black pixels to 32x32, scaled to [0, 1]:
 # mean 0.2190, std 0.3318; the mean of 16 images has a standard error of 0.024.

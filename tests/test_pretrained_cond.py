@@ -1,9 +1,13 @@
 """The shipped class-conditional Fashion-MNIST weights: each class's samples look like that class."""
+import pytest
 import torch
 
 import samplers
 from configs.fashionmnist_vp_ddpmpp_cond_pretrained import get_config
 from score_toolkit import evaluation, factories
+
+# Samples the shipped class-conditional image model (a 32x32 U-Net on the CPU).
+pytestmark = pytest.mark.slow
 
 # Mean pixel value (padded 32x32, in [0, 1]) of each class's training images, and its spread over
 # images: sandals (5) and sneakers (7) are dark, pullovers (2) and coats (4) bright.

@@ -8,8 +8,10 @@ from sde_lib.analytic import GaussianMixture
 from tests.helpers import assert_recovers, make_sdes, mixture_2d
 
 N_SAMPLES = 3000
-PAIRS = [(p, c) for p in samplers.list_predictors() for c in samplers.list_correctors()
-         if (p, c) != ("none", "none")]  # no predictor and no corrector is not a sampler
+# No predictor and no corrector is not a sampler. Corrector-only sampling (annealed Langevin) takes 10 MCMC
+# steps per level, 2-3 s a run: slow.
+PAIRS = [pytest.param(p, c, marks=[pytest.mark.slow] if p == "none" else []) for p in samplers.list_predictors()
+         for c in samplers.list_correctors() if (p, c) != ("none", "none")]
 
 LAGGING = {("none", "ald", "vp"), ("none", "ald", "subvp")}
 

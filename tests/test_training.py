@@ -57,6 +57,7 @@ def _main(workdir, *extra):
             "--config.sampling.n_samples=50", "--config.sampling.batch_size=50", *extra]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_the_same_weights(tmp_path):
     subprocess.run(_main(tmp_path / "full"), check=True, capture_output=True, cwd=ROOT)
     proc = subprocess.Popen(_main(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
@@ -74,6 +75,7 @@ def test_kill_9_then_resume_gives_the_same_weights(tmp_path):
     assert_same_state(a[1], b[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_or_ctrl_c_saves_the_step_in_progress(tmp_path, signum):
     """A signal between checkpoints loses nothing: the finished step is saved and resumes exactly."""
@@ -166,6 +168,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, monkeypatc
                           ["model"]["out.weight"]).all()
 
 
+@pytest.mark.slow
 def test_eval_reports_and_resumes(tmp_path, monkeypatch, capsys):
     c = small_config(**{"data.name": "gmm", "training.n_iters": 200, "training.checkpoint_freq": 200})
     training.train(c, str(tmp_path))
@@ -191,6 +194,7 @@ def test_eval_reports_and_resumes(tmp_path, monkeypatch, capsys):
     assert again["sliced_wasserstein"] == res["sliced_wasserstein"]  # sample batches were kept
 
 
+@pytest.mark.slow
 def test_sample_mode_writes_npz_and_png(tmp_path):
     c = small_config(**{"sampling.method": "ode", "sampling.n_samples": 64, "sampling.batch_size": 32})
     training.train(c, str(tmp_path))

@@ -76,6 +76,7 @@ def test_keys_added_to_the_configs_since_the_workdir_was_made_are_allowed(tmp_pa
     assert "optim.warmup '(absent)' -> 200" in caplog.text
 
 
+@pytest.mark.slow
 def test_the_cli_refusal_names_each_key_on_two_lines(tmp_path):
     training.train(tiny(vp_config), str(tmp_path))
     r = subprocess.run([sys.executable, "main.py", "--mode", "export", "--config", "configs/swissroll_ve_mlp.py",

@@ -21,12 +21,14 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from score_toolkit.errors import ConfigError, UserError
+from score_toolkit.errors import BadFileError, ConfigError, UserError, WriteError
 from score_toolkit.run_config import config_differences, describe_differences
 
 RUN_CONFIG = "config.json"
 
 _NAME = re.compile(r"^checkpoint_(\d+)\.pth?$")  # .pth: the reference implementation's name
+TMP_MARK = ".tmp-"  # <name>.tmp-<pid>: a file being written
+_TMP = re.compile(r"\.tmp-\d+(\.npz)?$")
 
 
 class UnsafeCheckpointError(UserError, RuntimeError):
@@ -46,33 +48,93 @@ def list_checkpoints(ckpt_dir: str) -> List[Tuple[int, str]]:
 
 
 def save_checkpoint(ckpt_dir: str, step: int, state: dict, keep: int) -> str:
-    """Write state to checkpoint_<step>.pt atomically, then delete all but the newest `keep`.
-
-    The bytes go to a temporary file in the same folder, are flushed to disk, and the file is
-    renamed into place: a crash leaves either the old set of checkpoints or the new one, never a
-    half-written file under a checkpoint's name. An existing checkpoint is never overwritten.
-    """
-    path = atomic_save(state, checkpoint_path(ckpt_dir, step))
+    """Write state to checkpoint_<step>.pt atomically (`atomic_save`), then delete all but the newest `keep`."""
+    path = atomic_save(state, checkpoint_path(ckpt_dir, step), what=f"the checkpoint of step {step}")
     for _, old in list_checkpoints(ckpt_dir)[keep:]:
         os.remove(old)
     return path
 
 
-def atomic_save(state: dict, path: str) -> str:
-    """torch.save(state) to path through a flushed temporary file renamed into place; an existing
-    file is never overwritten (FileExistsError)."""
+def atomic_save(state: dict, path: str, what: str = "") -> str:
+    """torch.save(state) to path, atomically and never over an existing file (FileExistsError).
+
+    The bytes go to a temporary file in the same folder, are flushed to disk, and the file is linked
+    under its name (link fails, rather than replaces, if the name exists) and the temporary name
+    removed: a crash leaves the old set of files or the new one, never a half-written file under a
+    real name. A write that fails (a full disk, ...) removes its temporary file and raises WriteError
+    naming `what`, the path and the reason; the files already there are untouched."""
+    return _atomic(path, what or os.path.basename(path), lambda f: torch.save(state, f), replace=False)
+
+
+def atomic_write_text(path: str, text: str, what: str = "", replace: bool = True) -> str:
+    """Write text to path through a flushed temporary file renamed into place (`atomic_save`'s failures)."""
+    return _atomic(path, what or os.path.basename(path), lambda f: f.write(text.encode()), replace=replace)
+
+
+def atomic_write_bytes(path: str, write, what: str = "") -> str:
+    """write(f) into a binary file object, landing at path atomically (replacing it; `atomic_save`'s failures)."""
+    return _atomic(path, what or os.path.basename(path), write, replace=True)
+
+
+def _atomic(path: str, what: str, write, replace: bool) -> str:
     folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    if os.path.exists(path):
-        raise FileExistsError(f"{path} exists already; checkpoints are never overwritten")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(folder)
+    tmp = f"{path}{TMP_MARK}{os.getpid()}"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if not replace and os.path.exists(path):
+            raise FileExistsError(f"{path} exists already; checkpoints are never overwritten")
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # atomic, and refuses an existing name
+            os.remove(tmp)
+        _fsync_dir(folder)
+    except FileExistsError:
+        _remove(tmp)
+        raise
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        _remove(tmp)
+        cause = _os_error(e)
+        if cause is None:
+            raise
+        why = os.strerror(cause.errno) if cause.errno else str(cause)
+        raise WriteError(f"could not write {what} to {path}: {why}; the files written before are untouched, "
+                         "and the same command resumes once that is fixed") from e
     return path
+
+
+def _os_error(e: BaseException) -> Optional[OSError]:
+    """The OSError in e's chain of causes (torch.save wraps the file's OSError in a RuntimeError)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def remove_stale_temporaries(workdir: str) -> List[str]:
+    """Delete the temporary files (`<name>.tmp-<pid>`) that killed runs left in the workdir; the caller
+    holds the workdir's lock, so no live writer owns one. Returns their paths."""
+    found = []
+    for folder, _, files in os.walk(workdir):
+        for name in files:
+            if _TMP.search(name):
+                found.append(os.path.join(folder, name))
+                _remove(found[-1])
+    return found
 
 
 def _fsync_dir(path: str) -> None:
@@ -83,8 +145,13 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+# What torch.load raises for a truncated or corrupt file.
+UNREADABLE = (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, KeyError, ValueError)
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Load one checkpoint with weights_only=True; an unsafe file raises UnsafeCheckpointError."""
+    """Load one checkpoint with weights_only=True; an unsafe file raises UnsafeCheckpointError, an
+    unreadable one (truncated, corrupt, not a torch file) BadFileError naming it."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -93,33 +160,51 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
                 f"refusing to load {path}: it holds pickled Python objects that could run code "
                 f"(torch.load with weights_only=True rejected it: {str(e).splitlines()[0]}). "
                 "Only checkpoints of plain tensors and values are read.") from e
-        raise
+        raise BadFileError(f"{path} is not a readable torch file ({_first_line(e)})") from e
+    except UNREADABLE as e:
+        raise BadFileError(f"{path} is not a readable torch file: it is truncated or corrupt "
+                           f"({type(e).__name__}: {_first_line(e)})") from e
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def load_file(path, required, kind: str, hint: str, map_location="cpu") -> dict:
     """A weights-only file of `kind` (e.g. "classifier") that holds every key in `required`: a clear
-    FileNotFoundError (with `hint`, how to make one) or ValueError otherwise."""
+    FileNotFoundError (with `hint`, how to make one) or BadFileError otherwise."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{kind} file {path} does not exist; {hint}")
     saved = load_checkpoint(str(path), map_location)
-    missing = set(required) - set(saved)
+    missing = set(required) - set(saved) if isinstance(saved, dict) else set(required)
     if missing:
-        raise ValueError(f"{path}: not a {kind} file, missing {sorted(missing)}")
+        raise BadFileError(f"{path}: not a {kind} file, missing {sorted(missing)}")
     return saved
 
 
 def load_latest(ckpt_dir: str, map_location="cpu") -> Optional[Tuple[int, dict]]:
-    """(step, state) of the newest checkpoint that loads; a truncated or corrupt one is skipped with
-    a warning and the one before it is tried. An unsafe one stops everything. None if there is none."""
+    """(step, state) of the newest checkpoint that loads. A truncated or corrupt one is moved aside
+    (renamed `<name>.unreadable-<n>`, never deleted) with a warning and the one before it is tried, so
+    a resumed run rewrites that step. An unsafe one stops everything. None if there is none."""
     for step, path in list_checkpoints(ckpt_dir):
         try:
             return step, load_checkpoint(path, map_location)
         except UnsafeCheckpointError:
             raise
-        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, KeyError) as e:
-            logging.warning("checkpoint %s is unreadable (%s: %s); falling back to the previous one",
-                            path, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        except BadFileError as e:
+            aside = _move_aside(path)
+            logging.warning("checkpoint %s is unreadable (%s); moved aside to %s, falling back to the previous one",
+                            path, _first_line(e.__cause__ or e), aside)
     return None
+
+
+def _move_aside(path: str) -> str:
+    """Rename path to the first free `<path>.unreadable-<n>`; returns the new name."""
+    n = 1
+    while os.path.exists(f"{path}.unreadable-{n}"):
+        n += 1
+    os.replace(path, f"{path}.unreadable-{n}")
+    return f"{path}.unreadable-{n}"
 
 
 class WorkdirMismatchError(ConfigError):
@@ -127,23 +212,33 @@ class WorkdirMismatchError(ConfigError):
 
 
 def read_run_config(workdir: str) -> Optional[dict]:
-    """The workdir's config.json as a dict, or None when there is none."""
+    """The workdir's config.json as a dict, or None when there is none; BadFileError naming the file
+    when it is not a JSON object."""
     path = os.path.join(workdir, RUN_CONFIG)
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadFileError(f"{path} is not the JSON config this toolkit writes ({_first_line(e)}); move it "
+                           "aside to start the workdir afresh, or use another --workdir") from e
+    if not isinstance(saved, dict):
+        raise BadFileError(f"{path} holds a JSON {type(saved).__name__}, not the config object this toolkit "
+                           "writes; move it aside to start the workdir afresh, or use another --workdir")
+    return saved
 
 
 def check_run_config(workdir: str, config) -> List[tuple]:
     """Refuse (WorkdirMismatchError, naming each key and both values) a config that differs from the
     workdir's config.json in a key that defines its checkpoints; return the run-time keys that differ,
-    as (key, workdir value, new value). Writes nothing."""
+    as (key, workdir value, new value). A workdir without a checkpoint has nothing to protect: any
+    config may take it over (`start_run` rewrites its config.json). Writes nothing."""
     saved = read_run_config(workdir)
     if saved is None:
         return []
     refused, allowed = config_differences(saved, config)
-    if refused:
+    if refused and has_checkpoints(workdir):
         raise WorkdirMismatchError(
             f"{workdir} was made with another config ({os.path.join(workdir, RUN_CONFIG)}): "
             f"{describe_differences(refused)}\n"
@@ -151,26 +246,24 @@ def check_run_config(workdir: str, config) -> List[tuple]:
     return allowed
 
 
+def has_checkpoints(workdir: str) -> bool:
+    return bool(list_checkpoints(os.path.join(workdir, "checkpoints")))
+
+
 def start_run(workdir: str, config) -> None:
     """Create the workdir and, on its first run, write config.json atomically; on later runs log the
-    run-time keys that differ from it (call check_run_config first)."""
+    run-time keys that differ from it (call check_run_config first). A workdir whose config.json has
+    no checkpoint beside it takes the new config, and the log says so."""
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, RUN_CONFIG)
-    if not os.path.exists(path):
-        atomic_write_text(path, config.to_json(indent=2))
+    saved = read_run_config(workdir)
+    if saved is None:
+        atomic_write_text(path, config.to_json(indent=2), what="the run's config")
         return
-    changed = check_run_config(workdir, config)
-    if changed:
+    refused, changed = config_differences(saved, config)
+    if refused and not has_checkpoints(workdir):
+        atomic_write_text(path, config.to_json(indent=2), what="the run's config")
+        logging.info("%s had no checkpoint, so this run's config replaces it (%s)", path, describe_differences(refused))
+    elif changed:
         logging.info("run-time keys that differ from %s: %s", path,
                      ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed))
-
-
-def atomic_write_text(path: str, text: str) -> str:
-    """Write text to path through a flushed temporary file renamed into place."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path

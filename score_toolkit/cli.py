@@ -155,6 +155,7 @@ def usage() -> str:
 
 
 _HANDLERS: List[logging.Handler] = []  # the handlers this module added to the root logger
+_LOCKS: list = []  # the workdir locks this process holds
 
 
 def _setup_logging() -> None:
@@ -196,11 +197,13 @@ def main(command: Command, argv: List[str]) -> int:
         except BrokenPipeError:  # `| head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    from score_toolkit import distributed  # torch: imported here so that --help and flag errors stay fast
+    from score_toolkit import checkpoints  # torch: imported here so that --help and flag errors stay fast
+    from score_toolkit import distributed
     from score_toolkit import evaluation
     from score_toolkit import prepare
     from score_toolkit import runtime
     from score_toolkit import training
+    from score_toolkit.workdir_lock import WorkdirLock
 
     runtime.configure_runtime(config)
     if mode in ("classifier", "stats"):
@@ -219,10 +222,17 @@ def main(command: Command, argv: List[str]) -> int:
         raise
     os.makedirs(workdir, exist_ok=True)  # every input was checked: the run can start
     if distributed.is_main():
+        # One writer per workdir, before anything is written; held until this process ends (the kernel
+        # frees it however it ends).
+        _LOCKS.append(WorkdirLock(workdir).acquire())
+        stale = checkpoints.remove_stale_temporaries(workdir)
         _log_to_file(workdir)
     else:  # torchrun's other ranks: warnings and errors only, on stderr
+        stale = []
         logging.getLogger().setLevel(logging.WARNING)
     logging.info("%s", " ".join(shlex.quote(a) for a in argv))
+    if stale:
+        logging.info("removed %d temporary file(s) that a stopped run left: %s", len(stale), ", ".join(stale))
     with distributed.session(runtime.get_device(config)):  # torchrun's ranks share the work; rank 0 writes
         if mode == "train":
             training.train(config, workdir, net=net)

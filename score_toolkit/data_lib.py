@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -17,7 +18,7 @@ from PIL import Image
 
 from score_toolkit import features
 from score_toolkit import image_data
-from score_toolkit.errors import ConfigError, MissingInputError
+from score_toolkit.errors import BadFileError, ConfigError, MissingInputError
 import likelihood
 from score_toolkit import plotting
 from score_toolkit import toy_data
@@ -162,14 +163,20 @@ MASKS = ("left", "right", "top", "bottom", "center")
 
 
 def load_observed(path: str, shape: Tuple[int, int, int]) -> Tensor:
-    """uint8 images [N, C, H, W] of the expected shape (C, H, W) from a .png or a .npz ("samples")."""
-    if path.endswith(".npz"):
-        with np.load(path) as f:
-            images = torch.from_numpy(f["samples"] if "samples" in f else f[f.files[0]])
-    else:
-        mode = "L" if shape[0] == 1 else "RGB"
-        images = torch.from_numpy(np.array(Image.open(path).convert(mode)))
-        images = images[None] if images.ndim == 2 else images.permute(2, 0, 1)
+    """uint8 images [N, C, H, W] of the expected shape (C, H, W) from a .png or a .npz ("samples");
+    a file that does not read is a BadFileError naming it."""
+    try:
+        if path.endswith(".npz"):
+            with np.load(path) as f:
+                images = torch.from_numpy(f["samples"] if "samples" in f else f[f.files[0]])
+        else:
+            mode = "L" if shape[0] == 1 else "RGB"
+            with Image.open(path) as image:
+                images = torch.from_numpy(np.array(image.convert(mode)))
+            images = images[None] if images.ndim == 2 else images.permute(2, 0, 1)
+    except (OSError, ValueError, IndexError, zipfile.BadZipFile) as e:
+        raise BadFileError(f"{path}: not a readable {'.npz of uint8 images' if path.endswith('.npz') else 'image'} "
+                           f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
     images = images[None] if images.ndim == 3 else images
     if tuple(images.shape[1:]) != tuple(shape) or images.dtype != torch.uint8:
         raise ValueError(f"config.sampling.observed = {path!r} holds {images.dtype} images of shape "
@@ -193,8 +200,11 @@ def inpainting_mask(spec: str, shape: Tuple[int, int, int]) -> Tensor:
     if spec.endswith(".png"):
         mask = load_observed(spec, (1, H, W))[0]
     else:
-        with np.load(spec) as f:
-            mask = torch.from_numpy(f[f.files[0]])
+        try:
+            with np.load(spec) as f:
+                mask = torch.from_numpy(f[f.files[0]])
+        except (OSError, ValueError, IndexError, zipfile.BadZipFile) as e:
+            raise BadFileError(f"{spec}: not a readable .npz mask ({str(e).splitlines()[0]})") from e
     if mask.shape[-2:] != (H, W):
         raise ValueError(f"config.sampling.mask = {spec!r} has shape {tuple(mask.shape)}; the images are {(C, H, W)}")
     return (mask > 0).float().expand(C, H, W).clone()
@@ -231,6 +241,9 @@ def check_files(config, splits: Sequence[str]) -> None:
                     f.read(1)
             except OSError as e:
                 raise MissingInputError(f"{name}: cannot read {path} ({e.strerror})") from e
+        if name not in ("cifar10", "folder"):  # IDX: the header and the length, before any work
+            image_data.check_idx(paths[0], image_data.IDX_IMAGES_MAGIC)
+            image_data.check_idx(paths[1], image_data.IDX_LABELS_MAGIC)
 
 
 def _split_files(name: str, root: Path, split: str) -> List[Path]:

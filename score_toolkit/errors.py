@@ -37,3 +37,16 @@ def require(ok: bool, key: str, value, allowed: str) -> None:
     """ConfigError `config.<key> = <value> is not allowed: <allowed>` unless `ok`."""
     if not ok:
         raise ConfigError(f"config.{key} = {value!r} is not allowed: {allowed}")
+
+
+class WriteError(UserError, OSError):
+    """Writing a file failed (a full disk, a read-only folder, a quota): what was being written, where,
+    and the system's words for why, in one line. Its exit status is neither a crash's (1) nor a
+    usage error's (2): sysexits' EX_IOERR."""
+
+    exit_code = 74
+
+
+class BadFileError(UserError, ValueError):
+    """A file the run reads (a config, a checkpoint, weights, data, an observation, samples) is not
+    what it should be: the message names the file and what is wrong with it."""

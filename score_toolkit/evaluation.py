@@ -18,6 +18,7 @@ import math
 import os
 import re
 import time
+import zipfile
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -29,9 +30,10 @@ from score_toolkit import data_lib
 from score_toolkit import distributed
 from score_toolkit import factories
 from score_toolkit import image_data
+from score_toolkit import run_config
 from score_toolkit import runtime
 from score_toolkit import validation
-from score_toolkit.errors import ConfigError, MissingInputError
+from score_toolkit.errors import BadFileError, ConfigError, MissingInputError
 import samplers
 from models import checkpoint_convert
 
@@ -71,7 +73,12 @@ def load_ema_model(config, workdir: str, net=None):
     torch.manual_seed(config.seed)
     model = factories.build_model(config) if net is None else net
     if config.eval.weights_path:
-        state = checkpoints.load_checkpoint(config.eval.weights_path)
+        state = checkpoints.load_file(config.eval.weights_path, ("model", "step"), "weights",
+                                      "write one with --mode export")
+        differ = run_config.weights_differences(state.get("config", {}), config)
+        if differ:
+            raise ConfigError(f"config.eval.weights_path = {config.eval.weights_path!r} holds weights of another "
+                              f"config: {run_config.describe_differences(differ)}")
         _load_weights(config.eval.weights_path, lambda: checkpoint_convert.load_reference_state_dict(model, state["model"]))
         return model.eval(), int(state["step"])
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -100,7 +107,11 @@ def export(config, workdir: str, net=None) -> str:
     model, step = load_ema_model(config, workdir, net)
     checkpoints.start_run(workdir, config)
     path = os.path.join(workdir, "export", f"ema_step{step}.pt")
-    checkpoints.atomic_save({"model": model.state_dict(), "step": step}, path)
+    if os.path.exists(path):  # the newest checkpoint is exported already: the same weights
+        logging.info("%s holds the EMA weights of step %d already (the newest checkpoint)", path, step)
+        return path
+    state = {"model": model.state_dict(), "step": step, "config": run_config.weights_config(config)}
+    checkpoints.atomic_save(state, path, what=f"the exported weights of step {step}")
     logging.info("wrote %s (%.1f MB)", path, os.path.getsize(path) / 2 ** 20)
     return path
 
@@ -214,9 +225,8 @@ def draw_samples(config, sde, model, data, folder: str, n: int) -> torch.Tensor:
                 x, _ = sample(score_fn, data.sample_shape(size), seed=config.seed + 100_003 * (b + 1),
                               start=b * bs, cond=labels(size, start=b * bs))
             kept = data.to_data_space(x).numpy()
-            tmp = path + ".tmp.npz"
-            np.savez(tmp, samples=kept, settings=np.array(settings))
-            os.replace(tmp, path)
+            checkpoints.atomic_write_bytes(path, lambda f: np.savez(f, samples=kept, settings=np.array(settings)),
+                                           what=f"sample batch {b}")
         return kept
 
     mine = distributed.my_batches(math.ceil(n / bs))
@@ -302,9 +312,14 @@ def _read_batch(path: str, settings: str) -> Optional[np.ndarray]:
     """The samples of a batch file drawn with `settings`, else None."""
     if not os.path.exists(path):
         return None
-    with np.load(path) as f:
-        if "settings" in f and str(f["settings"]) == settings:
-            return f["samples"]
+    try:
+        with np.load(path) as f:
+            if "settings" in f and str(f["settings"]) == settings:
+                return f["samples"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # this toolkit's own file: draw it again
+        logging.warning("%s is unreadable (%s: %s); drawing it again", path, type(e).__name__, e)
+        os.remove(path)
+        return None
     logging.info("%s was drawn with other sampling settings; drawing it again", path)
     return None
 
@@ -315,7 +330,15 @@ def load_samples(folder: str) -> np.ndarray:
     paths.sort(key=lambda p: int(re.search(r"batch_(\d+)\.npz$", p).group(1)))
     if not paths:
         raise MissingInputError(f"no batch_<b>.npz files in {folder}")
-    return np.concatenate([np.load(p)["samples"] for p in paths])
+    return np.concatenate([_samples_of(p) for p in paths])
+
+
+def _samples_of(path: str) -> np.ndarray:
+    try:
+        with np.load(path) as f:
+            return f["samples"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise BadFileError(f"{path}: not a readable sample batch ({type(e).__name__}: {e})") from e
 
 
 def _prepare(config, workdir: str, eval_folder: str, mode: str, net=None):

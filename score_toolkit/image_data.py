@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import pickle
 import struct
 import zlib
@@ -27,6 +28,7 @@ import torch
 from PIL import Image
 
 import likelihood
+from score_toolkit.errors import BadFileError
 
 KNOWN_DATASETS = ("fashion_mnist", "mnist", "cifar10", "folder")
 SPLITS = ("train", "test")
@@ -63,7 +65,7 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return gzip.decompress(raw)
     except (EOFError, OSError, zlib.error) as err:
-        raise ValueError(f"{path}: gzip stream is truncated or corrupt ({err})") from err
+        raise BadFileError(f"{path}: gzip stream is truncated or corrupt ({err})") from err
 
 
 def read_idx(path, expected_magic: int) -> np.ndarray:
@@ -76,22 +78,47 @@ def read_idx(path, expected_magic: int) -> np.ndarray:
     path = Path(path)
     raw = _read_bytes(path)
     if len(raw) < 4:
-        raise ValueError(f"{path}: {len(raw)} bytes, too short for an IDX header (expected magic "
+        raise BadFileError(f"{path}: {len(raw)} bytes, too short for an IDX header (expected magic "
                          f"{expected_magic})")
     magic = int.from_bytes(raw[:4], "big")
     if magic != expected_magic:
-        raise ValueError(f"{path}: IDX magic number is {magic}, expected {expected_magic} "
+        raise BadFileError(f"{path}: IDX magic number is {magic}, expected {expected_magic} "
                          f"(2051 = uint8 images, 2049 = uint8 labels)")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, the header needs {header})")
+        raise BadFileError(f"{path}: truncated IDX header ({len(raw)} bytes, the header needs {header})")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     expected = header + math.prod(dims)
     if len(raw) != expected:
-        raise ValueError(f"{path}: {len(raw)} bytes, but an IDX file of dims {dims} has {expected}; "
+        raise BadFileError(f"{path}: {len(raw)} bytes, but an IDX file of dims {dims} has {expected}; "
                          f"the file is truncated or corrupt")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def check_idx(path, expected_magic: int) -> None:
+    """`read_idx`'s checks of the header and the length, reading the header only (and a gzip file's
+    trailer, which holds the uncompressed length mod 2^32): a truncated file is caught before any work."""
+    path = Path(path)
+    with path.open("rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+        if gz:
+            f.seek(-4, os.SEEK_END)
+            size = int.from_bytes(f.read(4), "little")
+    try:
+        with (gzip.open(path, "rb") if gz else path.open("rb")) as f:
+            head = f.read(4 + 4 * 3)
+        size = size if gz else path.stat().st_size
+    except (EOFError, OSError, zlib.error) as err:
+        raise BadFileError(f"{path}: gzip stream is truncated or corrupt ({err})") from err
+    if len(head) < 4 or int.from_bytes(head[:4], "big") != expected_magic:
+        raise BadFileError(f"{path}: not an IDX file of magic {expected_magic} (2051 = uint8 images, 2049 = labels)")
+    ndim = head[3]
+    dims = struct.unpack(f">{ndim}I", head[4:4 + 4 * ndim]) if len(head) >= 4 + 4 * ndim else None
+    expected = None if dims is None else 4 + 4 * ndim + math.prod(dims)
+    if expected is None or size != expected % (2 ** 32 if gz else 2 ** 63):
+        raise BadFileError(f"{path}: {'a gzip stream of ' if gz else ''}{size} bytes, but an IDX file of dims {dims} "
+                           f"has {expected}; the file is truncated or corrupt")
 
 
 def _find_idx(root: Path, stem: str, name: str) -> Path:
@@ -111,7 +138,7 @@ def load_idx_split(root, split: str, name: str = "fashion_mnist") -> Tuple[Image
     images = read_idx(image_path, IDX_IMAGES_MAGIC)
     labels = read_idx(label_path, IDX_LABELS_MAGIC)
     if len(images) != len(labels):
-        raise ValueError(f"{image_path} holds {len(images)} images but {label_path} holds "
+        raise BadFileError(f"{image_path} holds {len(images)} images but {label_path} holds "
                          f"{len(labels)} labels")
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
@@ -145,15 +172,15 @@ def read_cifar_batch(path) -> Tuple[Images, Labels]:
         with path.open("rb") as f:
             batch = _ArrayUnpickler(f, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: not a CIFAR-10 python batch ({err})") from err
+        raise BadFileError(f"{path}: not a CIFAR-10 python batch ({err})") from err
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise ValueError(f"{path}: expected a dict with keys b'data' and b'labels'")
+        raise BadFileError(f"{path}: expected a dict with keys b'data' and b'labels'")
     data = np.asarray(batch[b"data"])
     labels = np.asarray(batch[b"labels"], dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{path}: b'data' is {data.dtype} {data.shape}, expected uint8 [N, 3072]")
+        raise BadFileError(f"{path}: b'data' is {data.dtype} {data.shape}, expected uint8 [N, 3072]")
     if labels.shape != (len(data),):
-        raise ValueError(f"{path}: {len(data)} images but labels of shape {labels.shape}")
+        raise BadFileError(f"{path}: {len(data)} images but labels of shape {labels.shape}")
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
 
 
@@ -208,11 +235,15 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
 
 
 def load_image(path, image_size: int, num_channels: int) -> torch.Tensor:
-    """One image file -> uint8 [num_channels, image_size, image_size]. Alpha is dropped."""
+    """One image file -> uint8 [num_channels, image_size, image_size]. Alpha is dropped. A file that
+    does not decode (truncated, not an image) is a BadFileError naming it."""
     mode = {1: "L", 3: "RGB"}[num_channels]
-    with Image.open(path) as image:
-        image = resize_center_crop(image.convert(mode), image_size)
-        array = np.asarray(image, dtype=np.uint8)
+    try:
+        with Image.open(path) as image:
+            image = resize_center_crop(image.convert(mode), image_size)
+            array = np.asarray(image, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise BadFileError(f"{path}: not a readable image ({e})") from e
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(array.copy())
 

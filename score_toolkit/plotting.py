@@ -60,15 +60,21 @@ def moving_median(values: Sequence[float], half_width: int) -> np.ndarray:
     return out
 
 
+def smoothing_half_width(n: int) -> int:
+    """The moving median's half width for n logged points: ~1/100 of them on long runs, at least 2 on
+    short ones (the default run logs 30 points), and never a window wider than ~1/3 of the points."""
+    return min(max(2, n // 100), (n - 1) // 6)
+
+
 def loss_curve(steps: Sequence[int], values: Sequence[float], path: str, title: str = "training loss") -> None:
-    """The logged loss (faint) and its moving median over ~1/25 of the points (bold): linear steps,
+    """The logged loss (faint) and its moving median (`smoothing_half_width`; bold): linear steps,
     log loss with ticks at 1, 2, 5 (and 3 within a decade and a half) times powers of ten."""
     fig, ax = plt.subplots(figsize=(6, 4))
     positive = [(s, v) for s, v in zip(steps, values) if v > 0 and math.isfinite(v)]
     if positive:
         xs, ys = zip(*positive)
         ax.plot(xs, ys, color="tab:blue", alpha=0.3, linewidth=0.8, label="logged loss")
-        ax.plot(xs, moving_median(ys, len(ys) // 50), color="tab:blue", linewidth=2, label="moving median")
+        ax.plot(xs, moving_median(ys, smoothing_half_width(len(ys))), color="tab:blue", linewidth=2, label="moving median")
         ax.set_yscale("log")
         decades = math.log10(max(ys) / min(ys)) if min(ys) < max(ys) else 0.0
         subs = (1.0, 2.0, 3.0, 5.0) if decades < 1.5 else (1.0, 2.0, 5.0) if decades < 4 else (1.0,)

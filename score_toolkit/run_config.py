@@ -49,3 +49,22 @@ def config_differences(saved: Dict[str, Any], config) -> Tuple[List[tuple], List
 def describe_differences(diffs) -> str:
     """`config.<key> is <there> there, <here> here; ...` for (key, saved value, new value) triples."""
     return "; ".join(f"config.{k} is {a!r} there, {b!r} here" for k, a, b in diffs)
+
+
+# What exported weights are: the data they model, the SDE and the network (and whether it was trained
+# on continuous or discrete noise labels). The optimizer, batch size and seed made them, but any
+# config may sample from them.
+WEIGHTS_KEYS = ("data.", "sde.", "model.", "training.continuous")
+
+
+def weights_config(config) -> Dict[str, Any]:
+    """The flattened keys of `config` that define exported weights (`WEIGHTS_KEYS`, run-time keys left out)."""
+    return {k: v for k, v in flatten(json.loads(config.to_json())).items()
+            if k.startswith(WEIGHTS_KEYS) and not is_run_time_key(k)}
+
+
+def weights_differences(saved: Dict[str, Any], config) -> List[tuple]:
+    """(key, exported value, this config's value) for every weights-defining key that differs; a key
+    that one side lacks (added to the configs since the export) is not a difference."""
+    here = weights_config(config)
+    return [(k, saved[k], here[k]) for k in sorted(set(saved) & set(here)) if saved[k] != here[k]]

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from score_toolkit import checkpoints
 from score_toolkit import data_lib
 from score_toolkit import distributed
+from score_toolkit import memory
 from score_toolkit import factories
 import models
 from score_toolkit import plotting
@@ -272,7 +273,12 @@ def check_inputs(config, workdir: str) -> torch.nn.Module:
     training data's files, and, for an existing workdir, that it was made with an equivalent config
     (checkpoints.check_run_config). Returns the network validate_config built."""
     net = validation.validate_config(config)
-    validation.check_world_size(config, distributed.env_world_size())
+    world = distributed.env_world_size()
+    validation.check_world_size(config, world)
+    shape = (config.model.dim,) if config.data.kind == "points" else \
+        (config.data.num_channels, config.data.image_size, config.data.image_size)
+    memory.check_batch_fits(net, shape, config.training.batch_size // max(world, 1), runtime.get_device(config),
+                            "training.batch_size")
     data_lib.check_files(config, ("train",))
     checkpoints.check_run_config(workdir, config)
     return net

@@ -52,15 +52,18 @@ def describe_differences(diffs) -> str:
 
 
 # What exported weights are: the data they model, the SDE and the network (and whether it was trained
-# on continuous or discrete noise labels). The optimizer, batch size and seed made them, but any
-# config may sample from them.
+# on continuous or discrete noise labels). The optimizer, batch size, seed, the amount of data and the
+# training-only settings (augmentation, EMA rate, dropout, label dropout) made them, but any config may
+# sample from them.
 WEIGHTS_KEYS = ("data.", "sde.", "model.", "training.continuous")
+NOT_WEIGHTS_KEYS = ("data.n_train", "data.n_test", "data.random_flip", "model.ema_rate", "model.dropout",
+                    "model.p_uncond")
 
 
 def weights_config(config) -> Dict[str, Any]:
     """The flattened keys of `config` that define exported weights (`WEIGHTS_KEYS`, run-time keys left out)."""
     return {k: v for k, v in flatten(json.loads(config.to_json())).items()
-            if k.startswith(WEIGHTS_KEYS) and not is_run_time_key(k)}
+            if k.startswith(WEIGHTS_KEYS) and k not in NOT_WEIGHTS_KEYS and not is_run_time_key(k)}
 
 
 def weights_differences(saved: Dict[str, Any], config) -> List[tuple]:

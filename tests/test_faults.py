@@ -270,3 +270,13 @@ def test_a_workdir_without_a_checkpoint_takes_a_new_config(tmp_path, caplog):
 
 def test_the_loss_plot_smooths_short_runs_too():
     assert [plotting.smoothing_half_width(n) for n in (5, 10, 30, 100, 1000, 10_000)] == [0, 1, 2, 2, 10, 100]
+
+
+def test_a_truncated_image_in_a_folder_data_set_is_named(tmp_path):
+    from PIL import Image
+    from score_toolkit import image_data
+    path = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match=f"{path}: not a readable image"):
+        image_data.load_image(path, 16, 3)

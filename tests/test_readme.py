@@ -14,6 +14,8 @@ def test_research_api_example_runs_and_is_right():
     exec(compile(BLOCKS[0], "README.md[python]", "exec"), ns)
     share = (ns["gm"].component_of(ns["x"]) == 1).float().mean().item()
     assert abs(share - 0.7) < 0.05
+    # cond={"y": 1} under guidance: every sample in component 1 (its weight alone would give 0.7).
+    assert (ns["gm"].component_of(ns["x_1"]) == 1).float().mean().item() > 0.99
     fit = ns["info"]  # measured: 0.048 -> 0.012
     assert fit["pilot_error"] < 0.5 * fit["pilot_error_initial"] and ns["nfe_fit"] == 10
     closed = ns["gm"].log_prob(ns["x0"][:64], ns["sde"], torch.tensor(1e-5))

@@ -75,8 +75,10 @@ def cond_keys(fn: Callable) -> Optional[Tuple[str, ...]]:
     declared = getattr(fn, "cond_keys", _UNSET)
     if declared is not _UNSET:
         return None if declared is None else tuple(declared)
+    # A torch module is called through forward: Module.__call__'s own signature is (*args, **kwargs).
+    target = fn.forward if isinstance(fn, torch.nn.Module) else fn
     try:
-        params = list(inspect.signature(fn).parameters.values())[2:]
+        params = list(inspect.signature(target).parameters.values())[2:]
     except (TypeError, ValueError):  # a builtin or C callable: nothing to read
         return None
     if any(p.kind == p.VAR_KEYWORD for p in params):

@@ -181,7 +181,8 @@ def _signature(info: Sampler) -> inspect.Signature:
 
 
 def _doc(name: str, loop: Callable, info: Sampler) -> str:
-    steps = (f"default {info.default_steps.__doc__ or 'per SDE'}" if info.default_steps else "required")
+    steps = (f"default {info.default_steps.__doc__ or 'per SDE'}" if info.default_steps else
+             "chosen by the solver with its default options" if info.own_steps(info.options) else "required")
     return (f"{name}_sample(sde, score_fn, shape, *, steps, grid, eps, x_T, seed, generator, device, dtype, cond, "
             f"denoise, callback, progress, {', '.join(info.options)}) -> (x, nfe)\n\n"
             f"The `{loop.__name__}` loop set up by `samplers.base.sampler`: steps {steps}; grid default "

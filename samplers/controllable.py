@@ -136,6 +136,8 @@ def _replacement_loop(sde, score_fn, shape, y, mask, Q, *, sampler, steps, resam
     g = make_generator(generator, seed, device)
     x = start(sde, shape, x_T, g, device, dtype)
     score = GuardedScore(score_fn, check_cond(score_fn, cond, x.shape[0]))
+    if x.shape[0] == 0:  # an empty batch: nothing to complete, no call to make
+        return x, 0
     times, y, mask = times.to(x.device), y.to(x.device, x.dtype), mask.to(x.device)
     Q = None if Q is None else Q.to(x.device, x.dtype)
     B, n, last_step = x.shape[0], len(times) - 1, {}

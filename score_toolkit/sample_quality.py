@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Tuple
@@ -24,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from score_toolkit import checkpoints, image_data
+from score_toolkit.errors import BadFileError
 
 # --------------------------------------------------------------------------- statistics
 
@@ -68,13 +70,18 @@ class FeatureStats:
         if not path.is_file():
             raise FileNotFoundError(f"statistics file {path} does not exist; compute it from the "
                                     f"reference images with the same feature extractor")
-        with np.load(path, allow_pickle=False) as data:
-            missing = {"mu", "sigma", "num_samples", "extractor_name"} - set(data.files)
-            if missing:
-                raise ValueError(f"{path}: not a statistics file, missing {sorted(missing)}")
-            features = data["features"] if "features" in data.files else None
-            return cls(data["mu"], data["sigma"], int(data["num_samples"]),
-                       str(data["extractor_name"]), features)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                missing = {"mu", "sigma", "num_samples", "extractor_name"} - set(data.files)
+                if missing:
+                    raise BadFileError(f"{path}: not a statistics file, missing {sorted(missing)}")
+                features = data["features"] if "features" in data.files else None
+                return cls(data["mu"], data["sigma"], int(data["num_samples"]),
+                           str(data["extractor_name"]), features)
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            if isinstance(e, BadFileError):
+                raise
+            raise BadFileError(f"{path}: not a readable statistics file ({type(e).__name__}: {e})") from e
 
 
 # --------------------------------------------------------------------------- FID, KID, IS

@@ -194,3 +194,9 @@ def test_guidance_doubles_every_conditioning_tensor_in_one_call():
     with pytest.raises(ValueError, match="needs a class-conditional score_fn"):
         samplers.cfg_score(MIX.score_fn(SDE), 1.0, null_label=2)
     assert math.isclose(guided.guidance_scale, 2.0)
+
+
+def test_inpainting_an_empty_batch_is_empty():
+    score = Calls(MIX.score_fn(SDE), refuse=True)
+    x, nfe = samplers.inpaint_sample(SDE, score, (0, 2), y=torch.zeros(2), mask=torch.tensor([1, 0]), steps=3)
+    assert x.shape == (0, 2) and nfe == 0

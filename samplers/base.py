@@ -31,7 +31,7 @@ from sde_lib import SDE, append_dims
 from sde_lib.checks import check_cond, check_positive_int
 from sde_lib.registry import Registry
 from samplers.grids import check_grid, get_grid
-from samplers.guards import GuardedScore, check_eps, check_finite, make_generator
+from samplers.guards import GuardedScore, check_device, check_eps, check_finite, make_generator
 
 Tensor = torch.Tensor
 _SAMPLERS = Registry("sampler")
@@ -75,6 +75,15 @@ class Sampler:
                                 + f" Its options: {', '.join(self.options) or 'none'}, besides {', '.join(COMMON)}; "
                                 f"conditioning goes in cond={{{key!r}: ...}}")
 
+    def dry_run(self, sde: SDE, grid: Tensor, options: dict, shape: Sequence[int], device, dtype) -> None:
+        """Every check the loop makes of its options, on one zero sample, stopping at its first score
+        call: so nothing is drawn and no call is made before they pass, even for an empty batch."""
+        x = torch.zeros((1, *shape[1:]), device=device, dtype=dtype)
+        try:
+            self.run(sde, GuardedScore(_refuse_calls), x, grid.to(x.device), options, torch.Generator(device=x.device))
+        except _FirstCall:
+            pass
+
     def run(self, sde: SDE, score, x: Tensor, grid: Tensor, options: dict, generator=None, callback=None,
             progress: bool = False) -> Tensor:
         """The loop on x along grid with its options, and what it takes of generator, callback (checked
@@ -93,7 +102,10 @@ class Sampler:
         named = grid is None or isinstance(grid, str)
         if named and steps is None and self.default_steps is not None:
             steps = self.default_steps(sde)
-        if named or steps is not None:
+        if named and steps is None:
+            raise ValueError(f"{self.name}_sample needs steps (an integer >= 1) with a named grid, or an explicit "
+                             "grid of times (which sets them)")
+        if steps is not None:
             steps = check_positive_int(steps, "steps")
         times = None if named else check_grid(grid, sde)
         n = None if named else len(times) - 1
@@ -125,6 +137,8 @@ def sampler(name: str, loop: Callable, *, options: Optional[dict] = None, **spec
                denoise=None, callback=None, progress=False, **options) -> Tuple[Tensor, int]:
         info.check_options(options)
         times, loop_options = info.times(sde, steps, grid, eps, options)
+        on = (check_device(device), dtype) if x_T is None else (x_T.device, x_T.dtype)
+        info.dry_run(sde, times, loop_options, shape, *on)
         g = make_generator(generator, seed, device)
         x = start(sde, shape, x_T, g, device, dtype)
         score = GuardedScore(score_fn, check_cond(score_fn, cond, x.shape[0]))
@@ -203,19 +217,21 @@ def sampler_info(name: str) -> Sampler:
     return get_sampler(name).info
 
 
+class _FirstCall(Exception):
+    """Raised by `_refuse_calls`: a run got past its checks to its first score call."""
+
+
+def _refuse_calls(x, t, **cond):
+    raise _FirstCall
+
+
 def probe(fn: Callable, sde: SDE, shape: Sequence[int], **kwargs) -> None:
     """Run every check that `fn(sde, score_fn, shape, **kwargs)` (a sampler, or `inpaint_sample`) makes of
     its arguments, without a network call: the run stops at its first score call. Raises what fn would
     raise (ValueError, TypeError)."""
-    class FirstCall(Exception):
-        pass
-
-    def score_fn(x, t, **cond):
-        raise FirstCall
-
     try:
-        fn(sde, score_fn, shape, **kwargs)
-    except FirstCall:
+        fn(sde, _refuse_calls, shape, **kwargs)
+    except _FirstCall:
         pass
 
 

@@ -38,7 +38,7 @@ from sde_lib import SDE, append_dims
 from sde_lib.checks import check_cond, check_positive_int, cond_keys
 from samplers.base import COMMON, Sampler, noise_like, sampler_info, start
 from samplers.grids import check_grid, get_grid
-from samplers.guards import GuardedScore, check_eps, check_finite, make_generator
+from samplers.guards import GuardedScore, check_device, check_eps, check_finite, make_generator
 
 Tensor = torch.Tensor
 __all__ = ["inpaint_sample", "colorize_sample", "colorization_basis", "thresholded_score", "threshold_x0"]
@@ -133,6 +133,8 @@ def _replacement_loop(sde, score_fn, shape, y, mask, Q, *, sampler, steps, resam
         if steps is not None and steps != len(times) - 1:
             raise ValueError(f"steps = {steps!r} contradicts the grid of {len(times)} times; pass one of them")
     info, options = _interval_sampler(sampler, sampler_options, len(times) - 1)
+    info.dry_run(sde, times[:2], options, shape, *((check_device(device), dtype) if x_T is None else
+                                                   (x_T.device, x_T.dtype)))
     g = make_generator(generator, seed, device)
     x = start(sde, shape, x_T, g, device, dtype)
     score = GuardedScore(score_fn, check_cond(score_fn, cond, x.shape[0]))
@@ -160,8 +162,9 @@ def _replacement_loop(sde, score_fn, shape, y, mask, Q, *, sampler, steps, resam
                 for i in range(first, last):
                     # One sampler step t_i -> t_{i+1} on the whole x, then the known part replaced.
                     x = replace(info.run(sde, score, x, times[i:i + 2], options, g, last_step.update), observed(times[i + 1]))
-                    callback({"i": i, "t": float(times[i + 1]), "x": x, "x_mean": x,
-                              "denoised": last_step.get("denoised"), "resample": r}) if callback else None
+                    if callback is not None:
+                        callback({"i": i, "t": float(times[i + 1]), "x": x, "x_mean": x,
+                                  "denoised": last_step.get("denoised"), "resample": r})
                 if r < resample - 1:
                     # RePaint: back to t_first by the exact forward transition, to step this block again.
                     a, b = sde.transition_coeffs(times[first], times[last])

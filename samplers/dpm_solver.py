@@ -46,6 +46,7 @@ LOWER_ORDER_FINAL_BELOW = 15
 # DPM-Solver++(3M)'s two updates (`dpmpp_multistep_update`): the second difference as the reference
 # implementations scale it (second order), or in full (third order).
 DPMPP_3M_VARIANTS = ("reference", "third_order")
+_SECOND_DIFFERENCE = {"reference": 0.5, "third_order": 1.0}  # the share of the second difference each takes
 
 
 def singlestep_orders(steps: int, order: int, lower_order_final: bool = True) -> List[int]:
@@ -68,10 +69,10 @@ def singlestep_orders(steps: int, order: int, lower_order_final: bool = True) ->
     return [order] * k + ([rest] if rest else [])
 
 
-def _singlestep_plan(fixed_order: Optional[int] = None):
+def _singlestep_plan(fixed_order: Optional[int] = None, noise_form: bool = True):
     """plan(steps, n, options) for a singlestep sampler (`samplers.base.Sampler`): `steps` score calls
     split by `singlestep_orders`, one grid interval per update; an explicit grid of n intervals without
-    steps takes n updates of full order."""
+    steps takes n updates of full order. The noise form refuses one update across a whole named grid."""
     def plan(steps: Optional[int], n: Optional[int], options: dict) -> Tuple[int, dict]:
         order = fixed_order or options.get("order", 3)
         lower_order_final = options.get("lower_order_final", True)
@@ -80,7 +81,7 @@ def _singlestep_plan(fixed_order: Optional[int] = None):
         if n is not None and n != len(orders):
             raise ValueError(f"the grid has {n} intervals, but steps={steps} makes {len(orders)} updates of orders "
                              f"{orders}: pass {len(orders) + 1} times (see singlestep_orders), or no steps")
-        if n is None and len(orders) == 1 and orders[0] > 1:
+        if noise_form and n is None and len(orders) == 1 and orders[0] > 1:
             # One update from T to eps: h ~ 10 in log-SNR, and the midpoint's correction multiplies the
             # change of the noise prediction by e^h - 1 ~ 1e4 (measured: errors 40-70x DDIM's).
             raise ValueError(f"steps={steps} makes one update of order {orders[0]} across the whole grid, which "
@@ -210,7 +211,8 @@ def dpmpp_2s_loop(sde: SDE, score, x: Tensor, grid: Tensor, *, orders: Sequence[
     return x
 
 
-dpmpp_2s_sample = sampler("dpmpp_2s", dpmpp_2s_loop, default_grid="uniform_log_snr", plan=_singlestep_plan(2),
+dpmpp_2s_sample = sampler("dpmpp_2s", dpmpp_2s_loop, default_grid="uniform_log_snr",
+                          plan=_singlestep_plan(2, noise_form=False),
                           options={"lower_order_final": True})
 
 
@@ -223,7 +225,7 @@ def _multistep_order(i: int, n: int, order: int, lower_order_final: bool) -> int
 
 
 def dpmpp_multistep_update(sde: SDE, x: Tensor, times: List[Tensor], preds: List[Tensor], t: Tensor,
-                           order: int, variant: str = "third_order") -> Tensor:
+                           order: int, variant: str = "reference") -> Tensor:
     """One DPM-Solver++ multistep update of order 1, 2 or 3 from s = times[-1] to t, from the data
     predictions preds[-k:] at times[-k:] (the newest last). With h = lambda_t - lambda_s, the earlier
     steps h_0 = lambda_s - lambda_(-1), h_1 = lambda_(-1) - lambda_(-2), r0 = h_0 / h, r1 = h_1 / h:
@@ -252,7 +254,7 @@ def dpmpp_multistep_update(sde: SDE, x: Tensor, times: List[Tensor], preds: List
     D1_1 = (preds[-2] - preds[-3]) / coeff(r1, x)
     D2 = 2 * (D1_0 - D1_1) / coeff(r0 + r1, x)
     D1 = D1_0 + coeff(r0 / 2, x) * D2
-    c = 1.0 if variant == "third_order" else 0.5
+    c = _SECOND_DIFFERENCE[variant]
     alpha_t = sde.marginal_coeffs(t)[0]
     return data_step(sde, x, s, t, d0) - coeff(alpha_t * _phi_2(-h), x) * D1 - coeff(c * alpha_t * _phi_3(-h), x) * D2
 

@@ -63,7 +63,9 @@ def fit_grid(sde: SDE, score_fn: Callable[..., Tensor], shape: Sequence[int], *,
     what the fit did: {"pilot_error_initial", "pilot_error" (E of the init and fitted grids),
     "evals" (sampler runs), "network_calls" (score calls, each on the whole pilot batch), "n_pilot"}.
     shape = (B, ...) is the pilot batch, drawn from the prior with `seed` and run as one batch;
-    `cond` (e.g. {"y": labels [B]}) goes to every score call. Every argument is checked, and the sampler
+    `cond` (e.g. {"y": labels [B]}) goes to every score call. `steps` are the grid's intervals: for a
+    singlestep sampler (dpm_solver, dpmpp_2s) each interval is one update of full order, so a run costs
+    order x steps calls. Every argument is checked, and the sampler
     probed for determinism, before the first network call."""
     steps = check_positive_int(steps, "steps")
     max_evals = check_positive_int(100 * steps if max_evals is None else max_evals, "max_evals")

@@ -51,8 +51,8 @@ def check_float_dtype(dtype, where: str) -> torch.dtype:
     """`dtype` if it is float32 or float64: the ODE solvers' step-size control and the likelihood's
     divergence lose their digits in float16 / bfloat16 (a step underflows to 0)."""
     if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"{where} computes in float32 or float64, got {dtype}; pass float32 data "
-                         "(and cast the result) to use a half-precision network")
+        raise ValueError(f"{where} computes in float32 or float64, got {dtype}; pass dtype=torch.float32 (or "
+                         "float32 data) and cast the result to use a half-precision network")
     return dtype
 
 

@@ -36,8 +36,9 @@ def _twice(v: Optional[Tensor]) -> Optional[Tensor]:
     return None if v is None else torch.cat([v, v])
 
 
-def _with_y(keys: Optional[tuple], fn_name: str, needs_y: bool) -> Optional[tuple]:
-    """The conditioning a guided score takes: y and the rest of what the guided score_fn takes."""
+def _with_y(keys: Optional[tuple], fn_name: str = "", needs_y: bool = False) -> Optional[tuple]:
+    """The conditioning a guided score takes: y and the rest of what the guided score_fn takes (which must
+    take y itself when `needs_y`: classifier-free guidance)."""
     if keys is None:
         return None
     if needs_y and "y" not in keys:
@@ -131,5 +132,5 @@ def classifier_guided_score(score_fn: Callable[..., Tensor], classifier_fn: Call
         return score_fn(x, t, **cond) + scale * grad.to(x.dtype)
 
     guided.scale = scale
-    guided.cond_keys = _with_y(cond_keys(score_fn), "", False)
+    guided.cond_keys = _with_y(cond_keys(score_fn))
     return guided

@@ -75,7 +75,13 @@ def solve_flow(sde: SDE, score_fn, x: Tensor, t0: float, t1: float, *, rtol: flo
     `cond` goes to every score call. score_fn may be a `GuardedScore` (its conditioning bound).
     """
     check_float_dtype(x.dtype, "the probability-flow ODE")
-    score = score_fn if isinstance(score_fn, GuardedScore) else GuardedScore(score_fn, check_cond(score_fn, cond, len(x)))
+    if isinstance(score_fn, GuardedScore):  # a run's guarded score, its conditioning bound and its calls counted
+        if cond:
+            raise TypeError("solve_flow got cond and a GuardedScore, whose conditioning is bound already; pass "
+                            "the score function itself with cond")
+        score = score_fn
+    else:
+        score = GuardedScore(score_fn, check_cond(score_fn, cond, len(x)))
     if len(x) == 0:
         return x, 0
     if grid is not None and not chooses_own_steps(method):

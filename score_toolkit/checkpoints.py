@@ -11,6 +11,7 @@ checkpoints (data, SDE, model, loss, optimizer, seed) must agree, run-time keys
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -90,8 +91,7 @@ def _atomic(path: str, what: str, write, replace: bool) -> str:
         if replace:
             os.replace(tmp, path)
         else:
-            os.link(tmp, path)  # atomic, and refuses an existing name
-            os.remove(tmp)
+            _link_new(tmp, path)
         _fsync_dir(folder)
     except FileExistsError:
         _remove(tmp)
@@ -104,7 +104,25 @@ def _atomic(path: str, what: str, write, replace: bool) -> str:
         why = os.strerror(cause.errno) if cause.errno else str(cause)
         raise WriteError(f"could not write {what} to {path}: {why}; the files written before are untouched, "
                          "and the same command resumes once that is fixed") from e
+    except BaseException:  # anything else (an interrupt, an object torch cannot save): no half file left
+        _remove(tmp)
+        raise
     return path
+
+
+def _link_new(tmp: str, path: str) -> None:
+    """Give tmp the name path, refusing (FileExistsError) an existing one: a hard link is both atomic and
+    refusing; where the filesystem has no hard links, the workdir's lock makes check-then-rename safe."""
+    try:
+        os.link(tmp, path)
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.exists(path):
+            raise FileExistsError(f"{path} exists already; checkpoints are never overwritten") from None
+        os.replace(tmp, path)
+        return
+    os.remove(tmp)
 
 
 def _os_error(e: BaseException) -> Optional[OSError]:
@@ -182,28 +200,34 @@ def load_file(path, required, kind: str, hint: str, map_location="cpu") -> dict:
     return saved
 
 
-def load_latest(ckpt_dir: str, map_location="cpu") -> Optional[Tuple[int, dict]]:
-    """(step, state) of the newest checkpoint that loads. A truncated or corrupt one is moved aside
-    (renamed `<name>.unreadable-<n>`, never deleted) with a warning and the one before it is tried, so
-    a resumed run rewrites that step. An unsafe one stops everything. None if there is none."""
+def load_latest(ckpt_dir: str, map_location="cpu", move_aside: bool = False) -> Optional[Tuple[int, dict]]:
+    """(step, state) of the newest checkpoint that loads; an unreadable one is skipped with a warning and
+    the one before it is tried. With `move_aside` (the one process that writes the workdir, resuming
+    training) a truncated or corrupt one is renamed `<name>.unreadable-<n>`, never deleted, so the resumed
+    run writes that step again; one that could not be read for another reason (permissions, an I/O
+    error) stays where it is. An unsafe one stops everything. None if there is none."""
     for step, path in list_checkpoints(ckpt_dir):
         try:
             return step, load_checkpoint(path, map_location)
         except UnsafeCheckpointError:
             raise
         except BadFileError as e:
-            aside = _move_aside(path)
-            logging.warning("checkpoint %s is unreadable (%s); moved aside to %s, falling back to the previous one",
-                            path, _first_line(e.__cause__ or e), aside)
+            corrupt = not isinstance(e.__cause__, OSError)  # the bytes are wrong, not the reading of them
+            aside = _move_aside(path) if move_aside and corrupt else None
+            logging.warning("checkpoint %s is unreadable (%s); %sfalling back to the previous one", path,
+                            _first_line(e.__cause__ or e), f"moved aside to {aside}, " if aside else "")
     return None
 
 
-def _move_aside(path: str) -> str:
-    """Rename path to the first free `<path>.unreadable-<n>`; returns the new name."""
+def _move_aside(path: str) -> Optional[str]:
+    """Rename path to the first free `<path>.unreadable-<n>`; the new name (None if path is gone)."""
     n = 1
     while os.path.exists(f"{path}.unreadable-{n}"):
         n += 1
-    os.replace(path, f"{path}.unreadable-{n}")
+    try:
+        os.replace(path, f"{path}.unreadable-{n}")
+    except FileNotFoundError:
+        return None
     return f"{path}.unreadable-{n}"
 
 
@@ -256,6 +280,7 @@ def start_run(workdir: str, config) -> None:
     no checkpoint beside it takes the new config, and the log says so."""
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, RUN_CONFIG)
+    check_run_config(workdir, config)  # again, under the workdir's lock: checkpoints may have come since
     saved = read_run_config(workdir)
     if saved is None:
         atomic_write_text(path, config.to_json(indent=2), what="the run's config")

@@ -100,12 +100,12 @@ def check_idx(path, expected_magic: int) -> None:
     """`read_idx`'s checks of the header and the length, reading the header only (and a gzip file's
     trailer, which holds the uncompressed length mod 2^32): a truncated file is caught before any work."""
     path = Path(path)
-    with path.open("rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-        if gz:
-            f.seek(-4, os.SEEK_END)
-            size = int.from_bytes(f.read(4), "little")
     try:
+        with path.open("rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+            if gz:
+                f.seek(-4, os.SEEK_END)
+                size = int.from_bytes(f.read(4), "little")
         with (gzip.open(path, "rb") if gz else path.open("rb")) as f:
             head = f.read(4 + 4 * 3)
         size = size if gz else path.stat().st_size

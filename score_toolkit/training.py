@@ -146,7 +146,7 @@ def train_step(state: TrainState, loss_fn, model, batch: torch.Tensor, config, c
 
 def resume_or_start(config, ckpt_dir: str, net: Optional[torch.nn.Module] = None) -> TrainState:
     state = TrainState(config, net)
-    latest = checkpoints.load_latest(ckpt_dir)
+    latest = checkpoints.load_latest(ckpt_dir, move_aside=distributed.is_main())
     if latest is not None:
         step, saved = latest
         refused, _ = config_differences(json.loads(saved["config"]), config) if saved.get("config") else ([], [])

@@ -74,6 +74,30 @@ def test_empty_batches_give_empty_samples_and_no_call(name):
     assert x.shape == (0, 2) and nfe == 0
 
 
+@pytest.mark.parametrize("name, bad, match", [
+    ("ddim", {"eta": -5}, "eta must be"), ("heun", {"s_churn": float("nan")}, "s_churn must be"),
+    ("pc", {"predictor": "nope"}, "unknown predictor 'nope'"), ("ode", {"dtype": torch.float16}, "float32 or float64"),
+    ("dpmpp_3m", {"variant": "bogus"}, "variant must be one of"), ("unipc", {"order": 4}, "order must be one of"),
+    ("adaptive", {"rtol": 0}, "rtol must be a finite number > 0")])
+def test_an_empty_batch_is_checked_like_any_other(name, bad, match):
+    # The loop's own checks run on a dry run before anything is drawn, so an empty batch meets them too.
+    state = torch.random.get_rng_state()
+    with pytest.raises(ValueError, match=match):
+        samplers.get_sampler(name)(SDE, Calls(MIX.score_fn(SDE), refuse=True), (0, 2), **{**kwargs_of(name), **bad})
+    assert torch.equal(torch.random.get_rng_state(), state)  # nothing was drawn
+
+
+def test_the_data_form_takes_one_update_across_the_grid():
+    x, nfe = samplers.dpmpp_2s_sample(SDE, MIX.score_fn(SDE), (4, 2), steps=2, seed=0)
+    assert nfe == 2 and bool(torch.isfinite(x).all())
+
+
+def test_solve_flow_refuses_cond_beside_a_bound_score():
+    bound = samplers.guards.GuardedScore(MIX.conditional_score_fn(SDE), {"y": torch.zeros(3, dtype=torch.long)})
+    with pytest.raises(TypeError, match="conditioning is bound already"):
+        samplers.solve_flow(SDE, bound, torch.zeros(3, 2), SDE.T, 0.5, cond={"y": torch.ones(3, dtype=torch.long)})
+
+
 @pytest.mark.parametrize("name", samplers.list_samplers())
 def test_a_wrong_x_T_is_refused(name):
     with pytest.raises(ValueError, match=r"x_T has shape \(5, 3\), but shape is \(4, 3\)"):
@@ -157,14 +181,14 @@ def test_each_public_sampler_is_its_loop_set_up(name):
     grid = samplers.get_grid(info.default_grid, SDE, 6, SDE.sampling_eps)
     x_T = SDE.prior_sampling((16, 2), torch.Generator().manual_seed(3), dtype=torch.float64)
     # An explicit grid without steps: one singlestep update of full order per interval.
-    options = {"dpm_solver": {"orders": [1] * 6}, "dpmpp_2s": {"orders": [2] * 6}}.get(name, {})
+    options = {"dpm_solver": {"orders": [3] * 6}, "dpmpp_2s": {"orders": [2] * 6}}.get(name, {})
     gen = {"generator": torch.Generator().manual_seed(5)} if "generator" in info.passes else {}
     direct = info.loop(SDE, score, x_T.clone(), grid, **options, **gen)
     if info.denoise:
         t = grid[-1].expand(16)
         direct = SDE.tweedie(direct, t, score(direct, t))
     public, _ = samplers.get_sampler(name)(SDE, score, x_T.shape, grid=grid, x_T=x_T, dtype=torch.float64, seed=5,
-                                           **({"order": 1} if name == "dpm_solver" else {}))
+                                           **({"order": 3} if name == "dpm_solver" else {}))
     torch.testing.assert_close(public, direct, rtol=0, atol=0)
 
 

@@ -280,3 +280,62 @@ def test_a_truncated_image_in_a_folder_data_set_is_named(tmp_path):
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(ValueError, match=f"{path}: not a readable image"):
         image_data.load_image(path, 16, 3)
+
+
+def test_only_the_writer_moves_an_unreadable_checkpoint_aside_and_only_a_corrupt_one(tmp_path, monkeypatch):
+    ck = tmp_path / "checkpoints"
+    for step in (10, 20):
+        checkpoints.save_checkpoint(str(ck), step, {"w": torch.full((100,), float(step))}, keep=3)
+    newest = ck / "checkpoint_20.pt"
+    newest.write_bytes(newest.read_bytes()[:200])
+    step, state = checkpoints.load_latest(str(ck))  # a reader (eval, another rank): skips, moves nothing
+    assert step == 10 and newest.exists()
+    real = torch.load
+
+    def unreadable(path, *a, **k):  # an I/O error: the file may be fine
+        if str(path).endswith("checkpoint_20.pt"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(checkpoints.torch, "load", unreadable)
+    assert checkpoints.load_latest(str(ck), move_aside=True)[0] == 10 and newest.exists()
+    monkeypatch.undo()
+    assert checkpoints.load_latest(str(ck), move_aside=True)[0] == 10
+    assert not newest.exists() and (ck / "checkpoint_20.pt.unreadable-1").exists()
+
+
+def test_an_interrupted_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def interrupted(obj, f):
+        f.write(b"PK half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.atomic_save({"w": torch.ones(2)}, str(tmp_path / "c.pt"))
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"sampling.method": "ddim", "sampling.eta": -1.0}, "sampling.eta"),
+    ({"sampling.method": "heun", "sampling.steps": 1}, "sampling.steps"),
+    ({"sampling.method": "dpm_solver", "sampling.steps": 2, "sampling.order": 2}, "sampling.steps"),
+    ({"sampling.method": "ode", "sampling.ode_method": "rk4", "sampling.ode_steps": 0}, "sampling.ode_steps"),
+    ({"sampling.predictor": "none", "sampling.corrector": "none"}, "sampling.predictor")])
+def test_validation_runs_the_samplers_own_checks(overrides, key):
+    from score_toolkit import validation
+    from score_toolkit.errors import ConfigError
+    with pytest.raises(ConfigError, match=f"config.{key} = .* is not allowed"):
+        validation.validate_config(small_config(**overrides))
+
+
+def test_a_batch_that_cannot_fit_is_refused_with_a_measured_estimate():
+    from score_toolkit import memory
+    from score_toolkit.errors import ConfigError
+    import models
+    net = models.get_model("mlp")(dim=2, hidden=64, num_layers=2)
+    per_sample = memory.saved_bytes(net, (2,), 2) - memory.saved_bytes(net, (2,), 1)
+    assert per_sample >= 4 * 64 * 2  # at least two 64-wide float32 activations a sample
+    free = memory.free_bytes(torch.device("cpu"))
+    memory.check_batch_fits(net, (2,), 64, torch.device("cpu"), "training.batch_size")  # fits
+    with pytest.raises(ConfigError, match="config.training.batch_size = .* is not allowed: a training step"):
+        memory.check_batch_fits(net, (2,), 2 * free // per_sample + 1, torch.device("cpu"), "training.batch_size")

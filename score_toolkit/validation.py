@@ -158,7 +158,7 @@ def _validate_task(config) -> None:
     require(config.data.kind == "images", "sampling.task", s.task, "needs image data (config.data.kind = 'images')")
     require(bool(s.observed) and os.path.isfile(s.observed), "sampling.observed", s.observed,
             f"must name an image file (.png, or .npz of uint8 'samples') for sampling.task = {s.task!r}")
-    own_steps = s.method == "adaptive" or (s.method == "ode" and samplers.ode.chooses_own_steps(s.ode_method))
+    own_steps = samplers.sampler_info(s.method).own_steps(factories.sampler_options(config))
     require(not own_steps, "sampling.method", s.method,
             "must step one grid interval at a time for inpainting: any sampler but 'adaptive' ('ode' with a "
             "fixed-step sampling.ode_method such as 'rk4')")

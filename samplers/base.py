@@ -139,9 +139,9 @@ def sampler(name: str, loop: Callable, *, options: Optional[dict] = None, **spec
         times, loop_options = info.times(sde, steps, grid, eps, options)
         on = (check_device(device), dtype) if x_T is None else (x_T.device, x_T.dtype)
         info.dry_run(sde, times, loop_options, shape, *on)
+        score = GuardedScore(score_fn, check_cond(score_fn, cond, shape[0]))
         g = make_generator(generator, seed, device)
         x = start(sde, shape, x_T, g, device, dtype)
-        score = GuardedScore(score_fn, check_cond(score_fn, cond, x.shape[0]))
         if x.shape[0] == 0:  # an empty batch: nothing to sample, no call to make
             return x, 0
         with torch.no_grad():  # a score that needs gradients (classifier guidance) turns them on itself

@@ -135,9 +135,9 @@ def _replacement_loop(sde, score_fn, shape, y, mask, Q, *, sampler, steps, resam
     info, options = _interval_sampler(sampler, sampler_options, len(times) - 1)
     info.dry_run(sde, times[:2], options, shape, *((check_device(device), dtype) if x_T is None else
                                                    (x_T.device, x_T.dtype)))
+    score = GuardedScore(score_fn, check_cond(score_fn, cond, shape[0]))
     g = make_generator(generator, seed, device)
     x = start(sde, shape, x_T, g, device, dtype)
-    score = GuardedScore(score_fn, check_cond(score_fn, cond, x.shape[0]))
     if x.shape[0] == 0:  # an empty batch: nothing to complete, no call to make
         return x, 0
     times, y, mask = times.to(x.device), y.to(x.device, x.dtype), mask.to(x.device)

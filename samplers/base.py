@@ -137,6 +137,7 @@ def sampler(name: str, loop: Callable, *, options: Optional[dict] = None, **spec
                denoise=None, callback=None, progress=False, **options) -> Tuple[Tensor, int]:
         info.check_options(options)
         times, loop_options = info.times(sde, steps, grid, eps, options)
+        check_x_T(x_T, shape)
         on = (check_device(device), dtype) if x_T is None else (x_T.device, x_T.dtype)
         info.dry_run(sde, times, loop_options, shape, *on)
         score = GuardedScore(score_fn, check_cond(score_fn, cond, shape[0]))
@@ -159,14 +160,21 @@ def sampler(name: str, loop: Callable, *, options: Optional[dict] = None, **spec
     return sample
 
 
+def check_x_T(x_T, shape) -> None:
+    """A ValueError unless x_T is None or a tensor of `shape`."""
+    if x_T is not None and (not torch.is_tensor(x_T) or tuple(x_T.shape) != tuple(shape)):
+        got = f"shape {tuple(x_T.shape)}" if torch.is_tensor(x_T) else f"type {type(x_T).__name__}"
+        raise ValueError(f"x_T has {got}, but shape is {tuple(shape)}")
+
+
 def start(sde: SDE, shape, x_T, generator, device, dtype) -> Tensor:
-    """x at grid[0]: x_T, or a prior draw [shape]."""
-    if x_T is None:
-        return sde.prior_sampling(shape, generator, device, dtype)
-    if not torch.is_tensor(x_T) or tuple(x_T.shape) != tuple(shape):
-        got = tuple(x_T.shape) if torch.is_tensor(x_T) else type(x_T).__name__
-        raise ValueError(f"x_T has shape {got}, but shape is {tuple(shape)}")
-    return x_T
+    """x at grid[0]: x_T, or a prior draw [shape] (with `generator` on x's device)."""
+    check_x_T(x_T, shape)
+    x = sde.prior_sampling(shape, generator, device, dtype) if x_T is None else x_T
+    if generator is not None and generator.device.type != x.device.type:
+        raise ValueError(f"the generator is on {generator.device}, but x is on {x.device}: pass device= (or x_T on "
+                         "the generator's device)")
+    return x
 
 
 def _checked(name: str, callback: Optional[Callable[[dict], None]]) -> Callable[[dict], None]:
@@ -229,10 +237,11 @@ def probe(fn: Callable, sde: SDE, shape: Sequence[int], **kwargs) -> None:
     """Run every check that `fn(sde, score_fn, shape, **kwargs)` (a sampler, or `inpaint_sample`) makes of
     its arguments, without a network call: the run stops at its first score call. Raises what fn would
     raise (ValueError, TypeError)."""
-    try:
-        fn(sde, _refuse_calls, shape, **kwargs)
-    except _FirstCall:
-        pass
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG stays as it was
+        try:
+            fn(sde, _refuse_calls, shape, **kwargs)
+        except _FirstCall:
+            pass
 
 
 def check_options(name: str, sde: SDE, shape: Sequence[int] = (1, 1), **kwargs) -> None:

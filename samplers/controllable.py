@@ -36,7 +36,7 @@ from tqdm.auto import trange
 
 from sde_lib import SDE, append_dims
 from sde_lib.checks import check_cond, check_positive_int, cond_keys
-from samplers.base import COMMON, Sampler, noise_like, sampler_info, start
+from samplers.base import COMMON, Sampler, check_x_T, noise_like, sampler_info, start
 from samplers.grids import check_grid, get_grid
 from samplers.guards import GuardedScore, check_device, check_eps, check_finite, make_generator
 
@@ -133,8 +133,10 @@ def _replacement_loop(sde, score_fn, shape, y, mask, Q, *, sampler, steps, resam
         if steps is not None and steps != len(times) - 1:
             raise ValueError(f"steps = {steps!r} contradicts the grid of {len(times)} times; pass one of them")
     info, options = _interval_sampler(sampler, sampler_options, len(times) - 1)
-    info.dry_run(sde, times[:2], options, shape, *((check_device(device), dtype) if x_T is None else
-                                                   (x_T.device, x_T.dtype)))
+    check_x_T(x_T, shape)
+    on = (check_device(device), dtype) if x_T is None else (x_T.device, x_T.dtype)
+    for i in range(len(times) - 1):  # every interval's checks (DDIM's eta fits each step), no call
+        info.dry_run(sde, times[i:i + 2], options, shape, *on)
     score = GuardedScore(score_fn, check_cond(score_fn, cond, shape[0]))
     g = make_generator(generator, seed, device)
     x = start(sde, shape, x_T, g, device, dtype)

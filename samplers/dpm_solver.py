@@ -241,6 +241,7 @@ def dpmpp_multistep_update(sde: SDE, x: Tensor, times: List[Tensor], preds: List
     and k-diffusion's multistep third order), which scale the second difference by half: second order
     as h -> 0, but with a smaller error constant on the long steps of 10-20-step runs (`dpmpp_3m_sample`).
     """
+    check_one_of("variant", variant, DPMPP_3M_VARIANTS)
     s, d0 = times[-1], preds[-1]
     if order == 1:
         return data_step(sde, x, s, t, d0)

@@ -76,7 +76,7 @@ def solve_flow(sde: SDE, score_fn, x: Tensor, t0: float, t1: float, *, rtol: flo
     """
     check_float_dtype(x.dtype, "the probability-flow ODE")
     if isinstance(score_fn, GuardedScore):  # a run's guarded score, its conditioning bound and its calls counted
-        if cond:
+        if cond is not None and (not isinstance(cond, Mapping) or len(cond)):
             raise TypeError("solve_flow got cond and a GuardedScore, whose conditioning is bound already; pass "
                             "the score function itself with cond")
         score = score_fn

@@ -83,10 +83,13 @@ class AncestralSamplingPredictor(Predictor):
     (a = 1, b^2 = sigma_t^2 - sigma_s^2); the same formula serves sub-VP and any linear SDE.
     """
 
-    def update(self, x, t, t_next, generator=None):
-        if self.probability_flow:
+    def __init__(self, sde: SDE, score_fn, probability_flow: bool = False):
+        if probability_flow:  # refused before any call: the corrector may call the score first
             raise ValueError("predictor 'ancestral_sampling' has no probability-flow form; "
                              "use 'euler_maruyama' or 'reverse_diffusion' with probability_flow=True")
+        super().__init__(sde, score_fn, probability_flow)
+
+    def update(self, x, t, t_next, generator=None):
         # The posterior q(x_s | x_t, x_0) at x_0 = Tweedie's estimate: mean a sigma_s^2/sigma_t^2 x_t
         # + alpha_s b^2/sigma_t^2 x0_hat, which simplifies to (x_t + b^2 s) / a.
         a, b = self.sde.transition_coeffs(t, t_next)

@@ -116,13 +116,13 @@ def _link_new(tmp: str, path: str) -> None:
     try:
         os.link(tmp, path)
     except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
             raise
         if os.path.exists(path):
             raise FileExistsError(f"{path} exists already; checkpoints are never overwritten") from None
         os.replace(tmp, path)
         return
-    os.remove(tmp)
+    _remove(tmp)  # the file is in place under its name; a temporary name left over is cleaned next start
 
 
 def _os_error(e: BaseException) -> Optional[OSError]:
@@ -205,15 +205,20 @@ def load_latest(ckpt_dir: str, map_location="cpu", move_aside: bool = False) -> 
     the one before it is tried. With `move_aside` (the one process that writes the workdir, resuming
     training) a truncated or corrupt one is renamed `<name>.unreadable-<n>`, never deleted, so the resumed
     run writes that step again; one that could not be read for another reason (permissions, an I/O
-    error) stays where it is. An unsafe one stops everything. None if there is none."""
+    error) stops the writer with BadFileError, naming it. An unsafe one stops everything. None if there
+    is none."""
     for step, path in list_checkpoints(ckpt_dir):
         try:
             return step, load_checkpoint(path, map_location)
         except UnsafeCheckpointError:
             raise
         except BadFileError as e:
-            corrupt = not isinstance(e.__cause__, OSError)  # the bytes are wrong, not the reading of them
-            aside = _move_aside(path) if move_aside and corrupt else None
+            io_error = _os_error(e.__cause__)  # the reading failed, not the bytes: the file may be fine
+            if move_aside and io_error is not None:
+                # Resuming before it would end at its step, which a checkpoint is never written over.
+                raise BadFileError(f"checkpoint {path} could not be read ({os.strerror(io_error.errno) if io_error.errno else io_error}); "
+                                   "fix its access, or move it aside to resume from the one before") from e
+            aside = _move_aside(path) if move_aside else None
             logging.warning("checkpoint %s is unreadable (%s); %sfalling back to the previous one", path,
                             _first_line(e.__cause__ or e), f"moved aside to {aside}, " if aside else "")
     return None

@@ -99,7 +99,7 @@ def read_idx(path, expected_magic: int) -> np.ndarray:
 def check_idx(path, expected_magic: int) -> None:
     """`read_idx`'s checks of the header and the length, reading the header only (and a gzip file's
     trailer, which holds the uncompressed length mod 2^32): a truncated file is caught before any work."""
-    path = Path(path)
+    path, gz = Path(path), False
     try:
         with path.open("rb") as f:
             gz = f.read(2) == b"\x1f\x8b"
@@ -109,8 +109,11 @@ def check_idx(path, expected_magic: int) -> None:
         with (gzip.open(path, "rb") if gz else path.open("rb")) as f:
             head = f.read(4 + 4 * 3)
         size = size if gz else path.stat().st_size
+    except FileNotFoundError:
+        raise
     except (EOFError, OSError, zlib.error) as err:
-        raise BadFileError(f"{path}: gzip stream is truncated or corrupt ({err})") from err
+        what = "gzip stream is truncated or corrupt" if gz else "cannot be read"
+        raise BadFileError(f"{path}: {what} ({err})") from err
     if len(head) < 4 or int.from_bytes(head[:4], "big") != expected_magic:
         raise BadFileError(f"{path}: not an IDX file of magic {expected_magic} (2051 = uint8 images, 2049 = labels)")
     ndim = head[3]

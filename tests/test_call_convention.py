@@ -80,11 +80,28 @@ def test_empty_batches_give_empty_samples_and_no_call(name):
     ("dpmpp_3m", {"variant": "bogus"}, "variant must be one of"), ("unipc", {"order": 4}, "order must be one of"),
     ("adaptive", {"rtol": 0}, "rtol must be a finite number > 0")])
 def test_an_empty_batch_is_checked_like_any_other(name, bad, match):
-    # The loop's own checks run on a dry run before anything is drawn, so an empty batch meets them too.
-    state = torch.random.get_rng_state()
-    with pytest.raises(ValueError, match=match):
-        samplers.get_sampler(name)(SDE, Calls(MIX.score_fn(SDE), refuse=True), (0, 2), **{**kwargs_of(name), **bad})
-    assert torch.equal(torch.random.get_rng_state(), state)  # nothing was drawn
+    # The loop's own checks run on a dry run before anything is drawn, so an empty batch meets them too,
+    # and a refusal of a real batch leaves the global RNG (which its prior draw would use) as it was.
+    for batch in (0, 4):
+        state = torch.random.get_rng_state()
+        with pytest.raises(ValueError, match=match):
+            samplers.get_sampler(name)(SDE, Calls(MIX.score_fn(SDE), refuse=True), (batch, 2),
+                                       **{**kwargs_of(name), **bad})
+        assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_checks_after_a_first_call_would_come_too_late_so_there_are_none():
+    score = Calls(MIX.score_fn(SDE), refuse=True)
+    with pytest.raises(ValueError, match="'ancestral_sampling' has no probability-flow form"):
+        samplers.pc_sample(SDE, score, (4, 2), predictor="ancestral_sampling", probability_flow=True, steps=5)
+    with pytest.raises(ValueError, match=r"x_T has type list, but shape is \(4, 2\)"):
+        samplers.ddim_sample(SDE, score, (4, 2), steps=3, x_T=[[0.0, 0.0]] * 4)
+    # Inpainting checks every interval first: DDIM's eta = 1.5 fits the first two here, not the last.
+    grid = torch.tensor([1.0, 0.99, 0.98, 0.02], dtype=torch.float64)
+    with pytest.raises(ValueError, match="eta must be at most"):
+        samplers.inpaint_sample(SDE, score, (4, 2), y=torch.zeros(2), mask=torch.tensor([1, 0]), sampler="ddim",
+                                grid=grid, sampler_options={"eta": 1.5})
+    assert score.n == 0
 
 
 def test_the_data_form_takes_one_update_across_the_grid():

@@ -10,6 +10,6 @@ project above it.
 """
 from sde_lib.sdes import SDE, SDES, VESDE, VPSDE, ReverseSDE, append_dims, get_sde, subVPSDE
 from sde_lib.analytic import GaussianMixture
-from sde_lib import analytic, checks, registry  # noqa: F401
+from sde_lib import analytic, checks, registry, reverse_step  # noqa: F401
 
 __all__ = ["append_dims", "SDE", "VPSDE", "subVPSDE", "VESDE", "ReverseSDE", "get_sde", "SDES", "GaussianMixture"]

@@ -18,8 +18,9 @@ from typing import Mapping, Optional, Tuple
 import torch
 from torchdiffeq import odeint
 
-from sde_lib import SDE
+from sde_lib import SDE, append_dims, reverse_step
 from sde_lib.checks import check_cond, check_one_of, check_positive_int
+from samplers.grids import check_grid
 from samplers.guards import GuardedScore, check_eps, check_finite, check_float_dtype, make_generator
 from samplers.ode import flow_drift, solve_flow, solver_options
 
@@ -145,11 +146,7 @@ def bits_per_dim(sde: SDE, score_fn, k: Tensor, *, n_bins: int = 256, centered: 
 
     Returns (bpd [B], z, nfe); `ll_kwargs` (cond among them) go to `log_likelihood`.
     """
-    if k.is_floating_point() and not torch.equal(k, k.round()):
-        raise ValueError("k must hold integer bin indices (e.g. uint8 pixel values), got non-integer floats")
-    lo, hi = (int(k.min()), int(k.max())) if k.numel() else (0, 0)  # python ints: uint8 would wrap 256 to 0
-    if lo < 0 or hi >= n_bins:
-        raise ValueError(f"k must lie in {{0, ..., {n_bins - 1}}}, got values in [{lo}, {hi}]")
+    _check_levels(k, n_bins)
     dtype = ll_kwargs.pop("dtype", torch.float32)
     generator = make_generator(generator, seed)
     y = dequantize(k, generator, n_bins=n_bins, dtype=dtype)
@@ -158,6 +155,150 @@ def bits_per_dim(sde: SDE, score_fn, k: Tensor, *, n_bins: int = 256, centered: 
     D = math.prod(k.shape[1:])
     bpd = -bits_from_nats(logp + D * math.log(a), D) + math.log2(n_bins)
     return bpd, z, nfe
+
+
+# ----- the variational bound of the discrete chain ------------------------------------------------------
+
+BOUND_VARIANCES = ("fixed_small", "fixed_large", "analytic")  # learned_range needs a network's variance head
+
+
+def _check_levels(k: Tensor, n_bins: int) -> None:
+    """k must hold integer levels in {0, ..., n_bins - 1} (e.g. uint8 pixels)."""
+    if k.is_floating_point() and not torch.equal(k, k.round()):
+        raise ValueError("k must hold integer bin indices (e.g. uint8 pixel values), got non-integer floats")
+    lo, hi = (int(k.min()), int(k.max())) if k.numel() else (0, 0)  # python ints: uint8 would wrap 256 to 0
+    if lo < 0 or hi >= n_bins:
+        raise ValueError(f"k must lie in {{0, ..., {n_bins - 1}}}, got values in [{lo}, {hi}]")
+
+
+def levels_to_model_space(k: Tensor, n_bins: int = 256, centered: bool = True, dtype=torch.float64) -> Tensor:
+    """x = a k / (n_bins - 1) + b: the training data's values of integer levels k ((a, b) = `data_scale`)."""
+    a, b = data_scale(centered)
+    return a * k.to(dtype) / (n_bins - 1) + b
+
+
+def _log_prob_between(lower: Tensor, upper: Tensor) -> Tensor:
+    """log(Phi(upper) - Phi(lower)) for lower < upper, without cancellation in either tail."""
+    flip = lower > 0  # both in the upper tail: Phi(u) - Phi(l) = Phi(-l) - Phi(-u)
+    lo, hi = torch.where(flip, -upper, lower), torch.where(flip, -lower, upper)
+    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    return log_hi + torch.log1p(-torch.exp(log_lo - log_hi).clamp(max=1.0))
+
+
+def discretized_gaussian_log_likelihood(k: Tensor, mean: Tensor, variance: Tensor, *, n_bins: int = 256,
+                                        centered: bool = True) -> Tensor:
+    """log P(k) [B], summed over all but the batch dimension, of integer levels k [B, ...] under
+    N(mean, variance) (model space, float64) discretised to the levels' bins: level k sits at
+    x_k = `levels_to_model_space(k)`, its bin is [x_k - h, x_k + h] with h = a / (2 (n_bins - 1)), and the
+    first and last bins reach to -inf and +inf, so the n_bins probabilities sum to 1 (DDPM's decoder)."""
+    _check_levels(k, n_bins)
+    a, _ = data_scale(centered)
+    x, h, sd = levels_to_model_space(k, n_bins, centered), a / (2 * (n_bins - 1)), variance.sqrt()
+    upper = torch.where(k == n_bins - 1, torch.full_like(x, math.inf), (x + h - mean) / sd)
+    lower = torch.where(k == 0, torch.full_like(x, -math.inf), (x - h - mean) / sd)
+    return _log_prob_between(lower, upper).flatten(1).sum(1)
+
+
+def _gaussian_kl(mean_q: Tensor, var_q: Tensor, mean_p: Tensor, var_p: Tensor) -> Tensor:
+    """KL(N(mean_q, var_q) || N(mean_p, var_p)) [B], summed over all but the batch dimension."""
+    kl = 0.5 * (torch.log(var_p / var_q) + (var_q + (mean_q - mean_p) ** 2) / var_p - 1)
+    return kl.flatten(1).sum(1)
+
+
+def vlb_terms(sde: SDE, score_fn, k: Tensor, grid: Tensor, *, variance: str = "fixed_small",
+              gamma: Optional[Tensor] = None, data_range: float = 2.0, n_bins: int = 256, centered: bool = True,
+              generator: Optional[torch.Generator] = None, seed: Optional[int] = None,
+              cond: Optional[Mapping[str, Tensor]] = None) -> dict:
+    """The variational bound on -log P(k) of the discrete reverse chain on `grid` (T = t_0 > ... > t_n), per
+    sample, in nats, for integer data k [B, ...] (x_0 = `levels_to_model_space(k)`, float64):
+
+      prior   = KL(q(x_{t_0} | x_0) || N(0, prior_std^2 I));
+      steps   [B, n], steps[:, i] = KL(q(x_{t_{i+1}} | x_{t_i}, x_0) || p(x_{t_{i+1}} | x_{t_i})) at one draw
+                x_{t_i} ~ q(x_{t_i} | x_0), with p's mean c_t x_t + c_0 x0_hat and variance `variance`
+                (`sde_lib.reverse_step`; the expected KL is 1/2 (r - 1 - log r) + 1/2 log(sigma*^2 / beta~) per
+                dimension for the optimal mean, r = sigma*^2 / sigma^2);
+      decoder = -log p(k | x_{t_n}), the discretised Gaussian (`discretized_gaussian_log_likelihood`) with
+                mean x0_hat(x_{t_n}) and variance: fixed_large (sigma / alpha)^2 at t_n (the noise left there,
+                in data units); fixed_small the last step's beta~ (improved DDPM's clipping); analytic
+                (sigma / alpha)^2 (1 - gamma[n]), clipped to [that beta~, (data_range / 2)^2];
+      total   = prior + steps.sum(1) + decoder,   an upper bound on -log P(k) under the model.
+
+    gamma ("analytic"): E||eps_hat||^2 / d at every time of the grid [n + 1] (`samplers.estimate_gamma`).
+    One score call per step and sample batch, n + 1 in all; `cond` goes to every call.
+    """
+    check_one_of("variance", variance, BOUND_VARIANCES)
+    _check_levels(k, n_bins)  # the decoder's data: integer levels, before any call
+    grid = check_grid(grid, sde).to(k.device)
+    n = len(grid) - 1
+    if variance == "analytic" and (gamma is None or len(gamma) != n + 1):
+        raise ValueError(f"variance 'analytic' needs gamma at every time of the grid ({n + 1} here; "
+                         f"samplers.estimate_gamma measures them), got {None if gamma is None else len(gamma)}")
+    x0 = levels_to_model_space(k, n_bins, centered)
+    score = GuardedScore(score_fn, check_cond(score_fn, cond, x0.shape[0]))
+    g = make_generator(generator, seed)
+    T = grid[0].expand(x0.shape[0])
+    alpha_T, sigma_T = (append_dims(c, x0.ndim).expand_as(x0) for c in sde.marginal_coeffs(T))
+    prior = _gaussian_kl(alpha_T * x0, sigma_T ** 2, torch.zeros_like(x0), torch.full_like(x0, sde.prior_std ** 2))
+    steps = vlb_step_terms(sde, score, x0, grid, variance=variance, gamma=None if gamma is None else gamma[:-1],
+                           data_range=data_range, generator=g)
+    x_n, t_n = _draw(sde, x0, grid[n], g)
+    decoder = -discretized_gaussian_log_likelihood(k, _x0_hat(sde, score, x_n, t_n), _decoder_variance(
+        sde, grid, variance, gamma, data_range).expand_as(x0), n_bins=n_bins, centered=centered)
+    return {"prior": prior, "steps": steps, "decoder": decoder, "total": prior + steps.sum(1) + decoder,
+            "nfe": score.nfe}
+
+
+def vlb_step_terms(sde: SDE, score_fn, x0: Tensor, grid: Tensor, *, variance: str = "fixed_small",
+                   gamma: Optional[Tensor] = None, data_range: float = 2.0,
+                   generator: Optional[torch.Generator] = None, cond: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+    """The bound's step terms [B, n] for data x0 [B, ...] (model space, any values; `vlb_terms`): term i is
+    KL(q(x_{t_{i+1}} | x_{t_i}, x_0) || p(x_{t_{i+1}} | x_{t_i})) in nats at one draw x_{t_i} ~ q(x_{t_i} | x_0).
+    gamma ("analytic"): E||eps_hat||^2 / d at grid[:-1]. One score call per step."""
+    score = score_fn if isinstance(score_fn, GuardedScore) else GuardedScore(score_fn, check_cond(score_fn, cond, len(x0)))
+    steps = torch.zeros(x0.shape[0], len(grid) - 1, dtype=x0.dtype, device=x0.device)
+    for i in range(len(grid) - 1):
+        x_t, t = _draw(sde, x0, grid[i], generator)
+        s = grid[i + 1].expand(x0.shape[0])
+        q = reverse_step.posterior(sde, t, s)
+        var = reverse_step.reverse_variance(sde, t, s, variance, data_range=data_range,
+                                            gamma=None if gamma is None else gamma[i])
+        c_t, c_0 = append_dims(q.c_t, x0.ndim), append_dims(q.c_0, x0.ndim)
+        steps[:, i] = _gaussian_kl(c_t * x_t + c_0 * x0, append_dims(q.beta_tilde, x0.ndim).expand_as(x0),
+                                   c_t * x_t + c_0 * _x0_hat(sde, score, x_t, t), append_dims(var, x0.ndim).expand_as(x0))
+    return steps
+
+
+def _draw(sde: SDE, x0: Tensor, time: Tensor, generator) -> Tuple[Tensor, Tensor]:
+    """(x_t ~ q(x_t | x_0), t [B]): one fresh draw at `time`."""
+    t = time.expand(x0.shape[0])
+    alpha, sigma = (append_dims(c, x0.ndim) for c in sde.marginal_coeffs(t))
+    return alpha * x0 + sigma * torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device), t
+
+
+def _x0_hat(sde: SDE, score, x_t: Tensor, t: Tensor) -> Tensor:
+    with torch.no_grad():
+        return sde.tweedie(x_t, t, score(x_t, t.to(x_t.dtype)))
+
+
+def _decoder_variance(sde: SDE, grid: Tensor, variance: str, gamma, data_range: float) -> Tensor:
+    """The decoder's variance at t_n (`vlb_terms`), a float64 scalar tensor."""
+    alpha, sigma = sde.marginal_coeffs(grid[-1])
+    noise = (sigma / alpha) ** 2
+    last_small = reverse_step.posterior(sde, grid[-2], grid[-1]).beta_tilde if len(grid) > 2 else noise
+    if variance == "fixed_large":
+        return noise
+    if variance == "fixed_small":
+        return last_small
+    optimal = noise * (1 - torch.as_tensor(gamma[-1], dtype=torch.float64))
+    return optimal.clamp(min=float(last_small), max=(data_range / 2) ** 2)
+
+
+def vlb_bits_per_dim(sde: SDE, score_fn, k: Tensor, grid: Tensor, **kwargs) -> Tuple[Tensor, dict]:
+    """The variational bound `vlb_terms(...)["total"]` in bits per dimension [B]: an upper bound on the
+    discrete model's -log2 P(k) / D (not the probability flow's exact likelihood, `bits_per_dim`).
+    Returns (bpd [B], the terms in nats)."""
+    terms = vlb_terms(sde, score_fn, k, grid, **kwargs)
+    return bits_from_nats(terms["total"], math.prod(k.shape[1:])), terms
 
 
 def encode(sde: SDE, score_fn, x: Tensor, *, eps: float = 1e-5, rtol: float = 1e-5, atol: float = 1e-5,

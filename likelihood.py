@@ -200,7 +200,8 @@ def discretized_gaussian_log_likelihood(k: Tensor, mean: Tensor, variance: Tenso
 
 
 def _gaussian_kl(mean_q: Tensor, var_q: Tensor, mean_p: Tensor, var_p: Tensor) -> Tensor:
-    """KL(N(mean_q, var_q) || N(mean_p, var_p)) [B], summed over all but the batch dimension."""
+    """KL(N(mean_q, var_q) || N(mean_p, var_p)) [B] in float64, summed over all but the batch dimension."""
+    mean_q, var_q, mean_p, var_p = (v.double() for v in (mean_q, var_q, mean_p, var_p))
     kl = 0.5 * (torch.log(var_p / var_q) + (var_q + (mean_q - mean_p) ** 2) / var_p - 1)
     return kl.flatten(1).sum(1)
 
@@ -208,9 +209,10 @@ def _gaussian_kl(mean_q: Tensor, var_q: Tensor, mean_p: Tensor, var_p: Tensor) -
 def vlb_terms(sde: SDE, score_fn, k: Tensor, grid: Tensor, *, variance: str = "fixed_small",
               gamma: Optional[Tensor] = None, data_range: float = 2.0, n_bins: int = 256, centered: bool = True,
               generator: Optional[torch.Generator] = None, seed: Optional[int] = None,
-              cond: Optional[Mapping[str, Tensor]] = None) -> dict:
+              cond: Optional[Mapping[str, Tensor]] = None, dtype: torch.dtype = torch.float32) -> dict:
     """The variational bound on -log P(k) of the discrete reverse chain on `grid` (T = t_0 > ... > t_n), per
-    sample, in nats, for integer data k [B, ...] (x_0 = `levels_to_model_space(k)`, float64):
+    sample, in nats (float64), for integer data k [B, ...] (x_0 = `levels_to_model_space(k)` in `dtype`, the
+    network's; the terms themselves are computed in float64):
 
       prior   = KL(q(x_{t_0} | x_0) || N(0, prior_std^2 I));
       steps   [B, n], steps[:, i] = KL(q(x_{t_{i+1}} | x_{t_i}, x_0) || p(x_{t_{i+1}} | x_{t_i})) at one draw
@@ -233,16 +235,17 @@ def vlb_terms(sde: SDE, score_fn, k: Tensor, grid: Tensor, *, variance: str = "f
     if variance == "analytic" and (gamma is None or len(gamma) != n + 1):
         raise ValueError(f"variance 'analytic' needs gamma at every time of the grid ({n + 1} here; "
                          f"samplers.estimate_gamma measures them), got {None if gamma is None else len(gamma)}")
-    x0 = levels_to_model_space(k, n_bins, centered)
+    x0 = levels_to_model_space(k, n_bins, centered, dtype)
     score = GuardedScore(score_fn, check_cond(score_fn, cond, x0.shape[0]))
     g = make_generator(generator, seed)
     T = grid[0].expand(x0.shape[0])
     alpha_T, sigma_T = (append_dims(c, x0.ndim).expand_as(x0) for c in sde.marginal_coeffs(T))
-    prior = _gaussian_kl(alpha_T * x0, sigma_T ** 2, torch.zeros_like(x0), torch.full_like(x0, sde.prior_std ** 2))
+    prior = _gaussian_kl(alpha_T * x0.double(), sigma_T ** 2, torch.zeros_like(alpha_T),
+                         torch.full_like(alpha_T, sde.prior_std ** 2))
     steps = vlb_step_terms(sde, score, x0, grid, variance=variance, gamma=None if gamma is None else gamma[:-1],
                            data_range=data_range, generator=g)
     x_n, t_n = _draw(sde, x0, grid[n], g)
-    decoder = -discretized_gaussian_log_likelihood(k, _x0_hat(sde, score, x_n, t_n), _decoder_variance(
+    decoder = -discretized_gaussian_log_likelihood(k, _x0_hat(sde, score, x_n, t_n).double(), _decoder_variance(
         sde, grid, variance, gamma, data_range).expand_as(x0), n_bins=n_bins, centered=centered)
     return {"prior": prior, "steps": steps, "decoder": decoder, "total": prior + steps.sum(1) + decoder,
             "nfe": score.nfe}
@@ -255,23 +258,25 @@ def vlb_step_terms(sde: SDE, score_fn, x0: Tensor, grid: Tensor, *, variance: st
     KL(q(x_{t_{i+1}} | x_{t_i}, x_0) || p(x_{t_{i+1}} | x_{t_i})) in nats at one draw x_{t_i} ~ q(x_{t_i} | x_0).
     gamma ("analytic"): E||eps_hat||^2 / d at grid[:-1]. One score call per step."""
     score = score_fn if isinstance(score_fn, GuardedScore) else GuardedScore(score_fn, check_cond(score_fn, cond, len(x0)))
-    steps = torch.zeros(x0.shape[0], len(grid) - 1, dtype=x0.dtype, device=x0.device)
+    steps = torch.zeros(x0.shape[0], len(grid) - 1, dtype=torch.float64, device=x0.device)
     for i in range(len(grid) - 1):
         x_t, t = _draw(sde, x0, grid[i], generator)
         s = grid[i + 1].expand(x0.shape[0])
         q = reverse_step.posterior(sde, t, s)
         var = reverse_step.reverse_variance(sde, t, s, variance, data_range=data_range,
                                             gamma=None if gamma is None else gamma[i])
-        c_t, c_0 = append_dims(q.c_t, x0.ndim), append_dims(q.c_0, x0.ndim)
-        steps[:, i] = _gaussian_kl(c_t * x_t + c_0 * x0, append_dims(q.beta_tilde, x0.ndim).expand_as(x0),
-                                   c_t * x_t + c_0 * _x0_hat(sde, score, x_t, t), append_dims(var, x0.ndim).expand_as(x0))
+        # The means differ by c_0 (x_0 - x0_hat) only: written so, without the large c_t x_t that cancels.
+        c_0 = append_dims(q.c_0, x0.ndim)
+        gap = c_0 * (x0.double() - _x0_hat(sde, score, x_t, t).double())
+        steps[:, i] = _gaussian_kl(gap, append_dims(q.beta_tilde, x0.ndim).expand_as(gap), torch.zeros_like(gap),
+                                   append_dims(var, x0.ndim).expand_as(gap))
     return steps
 
 
 def _draw(sde: SDE, x0: Tensor, time: Tensor, generator) -> Tuple[Tensor, Tensor]:
     """(x_t ~ q(x_t | x_0), t [B]): one fresh draw at `time`."""
     t = time.expand(x0.shape[0])
-    alpha, sigma = (append_dims(c, x0.ndim) for c in sde.marginal_coeffs(t))
+    alpha, sigma = (append_dims(c.to(x0.dtype), x0.ndim) for c in sde.marginal_coeffs(t))
     return alpha * x0 + sigma * torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device), t
 
 

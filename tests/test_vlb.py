@@ -58,14 +58,14 @@ def test_the_bound_of_levels_adds_the_prior_and_the_decoder():
     grid = samplers.uniform_t(sde, 6, 1e-3)
     gm = GaussianMixture([1.0], [[0.0] * 3], [0.2])
     k = ((gm.sample(500, torch.Generator().manual_seed(0)).clamp(-1, 1) + 1) / 2 * 255).round().long()
-    terms = likelihood.vlb_terms(sde, gm.score_fn(sde), k, grid, seed=4)
+    terms = likelihood.vlb_terms(sde, gm.score_fn(sde), k, grid, seed=4, dtype=F64)
     x0 = likelihood.levels_to_model_space(k)
     a_T, g_T = (float(c) for c in sde.marginal_coeffs(grid[0]))
     prior = 0.5 * (g_T ** 2 + a_T ** 2 * x0 ** 2 - 1 - math.log(g_T ** 2)).sum(1)  # KL to N(0, I) in closed form
     torch.testing.assert_close(terms["prior"], prior, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(terms["total"], terms["prior"] + terms["steps"].sum(1) + terms["decoder"])
     assert terms["nfe"] == len(grid) and bool((terms["decoder"] > 0).all())
-    bpd, _ = likelihood.vlb_bits_per_dim(sde, gm.score_fn(sde), k, grid, seed=4)
+    bpd, _ = likelihood.vlb_bits_per_dim(sde, gm.score_fn(sde), k, grid, seed=4, dtype=F64)
     torch.testing.assert_close(bpd, terms["total"] / (3 * math.log(2)))
 
 

@@ -264,7 +264,7 @@ def vlb_step_terms(sde: SDE, score_fn, x0: Tensor, grid: Tensor, *, variance: st
         s = grid[i + 1].expand(x0.shape[0])
         q = reverse_step.posterior(sde, t, s)
         var = reverse_step.reverse_variance(sde, t, s, variance, data_range=data_range,
-                                            gamma=None if gamma is None else gamma[i])
+                                            gamma=None if gamma is None else gamma[i], q=q)
         # The means differ by c_0 (x_0 - x0_hat) only: written so, without the large c_t x_t that cancels.
         c_0 = append_dims(q.c_0, x0.ndim)
         gap = c_0 * (x0.double() - _x0_hat(sde, score, x_t, t).double())

@@ -46,7 +46,7 @@ def ancestral_loop(sde: SDE, score, x: Tensor, grid: Tensor, *,
         x0 = sde.tweedie(x, t, score(x, t.to(x.dtype)))
         q = posterior(sde, t, s)
         var = reverse_variance(sde, t, s, variance, gamma=None if gamma is None else gamma[i].to(t.device),
-                               data_range=data_range)
+                               data_range=data_range, q=q)
         x_mean = torch.addcmul(coeff(q.c_t, x) * x, coeff(q.c_0, x), x0)
         x = torch.addcmul(x_mean, coeff(var.sqrt(), x), noise_like(x, generator))
         callback({"i": i, "t": s, "x": x, "x_mean": x_mean, "denoised": x0})

@@ -57,15 +57,17 @@ def posterior(sde: SDE, t: Tensor, s: Tensor) -> Posterior:
 
 
 def reverse_variance(sde: SDE, t: Tensor, s: Tensor, kind: str, *, v: Optional[Tensor] = None,
-                     gamma: Optional[Tensor] = None, data_range: float = 2.0) -> Tensor:
+                     gamma: Optional[Tensor] = None, data_range: float = 2.0,
+                     q: Optional[Posterior] = None) -> Tensor:
     """sigma^2 of the reverse kernel p(x_s | x_t) for the variance `kind` (module docstring): float64,
     shaped like t, or like v for "learned_range" (v [B, ...], the network's mixing output).
 
     gamma: Gamma = E ||eps_hat(x_t)||^2 / d at t, for "analytic" (a float or a tensor shaped like t);
-    data_range: the width r of the data's interval for its clipping (2 for data in [-1, 1]).
+    data_range: the width r of the data's interval for its clipping (2 for data in [-1, 1]);
+    q: `posterior(sde, t, s)` where the caller has it already.
     """
     check_one_of("variance", kind, VARIANCES)
-    q = posterior(sde, t, s)
+    q = posterior(sde, t, s) if q is None else q
     if kind == "fixed_small":
         return q.beta_tilde
     if kind == "fixed_large":

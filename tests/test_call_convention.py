@@ -155,10 +155,8 @@ def test_the_noise_form_refusal_is_what_its_errors_call_for():
     score = MIX.score_fn(SDE)
     x_T = SDE.prior_sampling((500, 2), torch.Generator().manual_seed(0), dtype=torch.float64)
     ref, _ = samplers.solve_flow(SDE, score, x_T, SDE.T, SDE.sampling_eps, rtol=1e-8, atol=1e-8)
-    one = x_T.clone()
-    for t, s in ((SDE.T, SDE.sampling_eps),):
-        grid = torch.tensor([t, s], dtype=torch.float64)
-        one = samplers.dpm_solver_loop(SDE, score, one, grid, orders=[2])
+    whole = torch.tensor([SDE.T, SDE.sampling_eps], dtype=torch.float64)
+    one = samplers.dpm_solver_loop(SDE, score, x_T.clone(), whole, orders=[2])
     three, _ = samplers.dpm_solver_sample(SDE, score, x_T.shape, steps=3, x_T=x_T, dtype=torch.float64)
     err = lambda x: float((x - ref).norm(dim=1).mean())  # noqa: E731
     assert err(one) > 20 * err(three)

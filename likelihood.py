@@ -159,7 +159,7 @@ def bits_per_dim(sde: SDE, score_fn, k: Tensor, *, n_bins: int = 256, centered: 
 
 # ----- the variational bound of the discrete chain ------------------------------------------------------
 
-BOUND_VARIANCES = ("fixed_small", "fixed_large", "analytic")  # learned_range needs a network's variance head
+BOUND_VARIANCES = ("fixed_small", "fixed_large", "analytic", "learned_range")  # learned_range: a variance head
 
 
 def _check_levels(k: Tensor, n_bins: int) -> None:
@@ -199,7 +199,7 @@ def discretized_gaussian_log_likelihood(k: Tensor, mean: Tensor, variance: Tenso
     return _log_prob_between(lower, upper).flatten(1).sum(1)
 
 
-def _gaussian_kl(mean_q: Tensor, var_q: Tensor, mean_p: Tensor, var_p: Tensor) -> Tensor:
+def gaussian_kl(mean_q: Tensor, var_q: Tensor, mean_p: Tensor, var_p: Tensor) -> Tensor:
     """KL(N(mean_q, var_q) || N(mean_p, var_p)) [B] in float64, summed over all but the batch dimension."""
     mean_q, var_q, mean_p, var_p = (v.double() for v in (mean_q, var_q, mean_p, var_p))
     kl = 0.5 * (torch.log(var_p / var_q) + (var_q + (mean_q - mean_p) ** 2) / var_p - 1)
@@ -220,15 +220,19 @@ def vlb_terms(sde: SDE, score_fn, k: Tensor, grid: Tensor, *, variance: str = "f
                 (`sde_lib.reverse_step`; the expected KL is 1/2 (r - 1 - log r) + 1/2 log(sigma*^2 / beta~) per
                 dimension for the optimal mean, r = sigma*^2 / sigma^2);
       decoder = -log p(k | x_{t_n}), the discretised Gaussian (`discretized_gaussian_log_likelihood`) with
-                mean x0_hat(x_{t_n}) and variance: fixed_large (sigma / alpha)^2 at t_n (the noise left there,
-                in data units); fixed_small the last step's beta~ (improved DDPM's clipping); analytic
-                (sigma / alpha)^2 (1 - gamma[n]), clipped to [that beta~, (data_range / 2)^2];
+                mean x0_hat(x_{t_n}) and variance (`decoder_variance`): fixed_large (sigma / alpha)^2 at t_n
+                (the noise left there, in data units); fixed_small the last step's beta~ (improved DDPM's
+                clipping); analytic (sigma / alpha)^2 (1 - gamma[n]), clipped to [that beta~, (data_range / 2)^2];
+                learned_range the network's v between the fixed small and fixed large ones;
       total   = prior + steps.sum(1) + decoder,   an upper bound on -log P(k) under the model.
 
     gamma ("analytic"): E||eps_hat||^2 / d at every time of the grid [n + 1] (`samplers.estimate_gamma`).
-    One score call per step and sample batch, n + 1 in all; `cond` goes to every call.
+    "learned_range" needs score_fn to be a `models.Precond` of a network with a variance head (its
+    `denoise_and_v` gives x0_hat and v from one call). One network call per step and sample batch, n + 1
+    in all; `cond` goes to every call.
     """
     check_one_of("variance", variance, BOUND_VARIANCES)
+    check_variance_head(score_fn, variance)
     _check_levels(k, n_bins)  # the decoder's data: integer levels, before any call
     grid = check_grid(grid, sde).to(k.device)
     n = len(grid) - 1
@@ -240,13 +244,15 @@ def vlb_terms(sde: SDE, score_fn, k: Tensor, grid: Tensor, *, variance: str = "f
     g = make_generator(generator, seed)
     T = grid[0].expand(x0.shape[0])
     alpha_T, sigma_T = (append_dims(c, x0.ndim).expand_as(x0) for c in sde.marginal_coeffs(T))
-    prior = _gaussian_kl(alpha_T * x0.double(), sigma_T ** 2, torch.zeros_like(alpha_T),
+    prior = gaussian_kl(alpha_T * x0.double(), sigma_T ** 2, torch.zeros_like(alpha_T),
                          torch.full_like(alpha_T, sde.prior_std ** 2))
     steps = vlb_step_terms(sde, score, x0, grid, variance=variance, gamma=None if gamma is None else gamma[:-1],
                            data_range=data_range, generator=g)
     x_n, t_n = _draw(sde, x0, grid[n], g)
-    decoder = -discretized_gaussian_log_likelihood(k, _x0_hat(sde, score, x_n, t_n).double(), _decoder_variance(
-        sde, grid, variance, gamma, data_range).expand_as(x0), n_bins=n_bins, centered=centered)
+    x0_hat, v = _x0_hat_and_v(sde, score, x_n, t_n, variance)
+    var = decoder_variance(sde, grid, variance, gamma=gamma, data_range=data_range, v=v)
+    decoder = -discretized_gaussian_log_likelihood(k, x0_hat.double(), var.expand_as(x0), n_bins=n_bins,
+                                                   centered=centered)
     return {"prior": prior, "steps": steps, "decoder": decoder, "total": prior + steps.sum(1) + decoder,
             "nfe": score.nfe}
 
@@ -256,20 +262,23 @@ def vlb_step_terms(sde: SDE, score_fn, x0: Tensor, grid: Tensor, *, variance: st
                    generator: Optional[torch.Generator] = None, cond: Optional[Mapping[str, Tensor]] = None) -> Tensor:
     """The bound's step terms [B, n] for data x0 [B, ...] (model space, any values; `vlb_terms`): term i is
     KL(q(x_{t_{i+1}} | x_{t_i}, x_0) || p(x_{t_{i+1}} | x_{t_i})) in nats at one draw x_{t_i} ~ q(x_{t_i} | x_0).
-    gamma ("analytic"): E||eps_hat||^2 / d at grid[:-1]. One score call per step."""
+    gamma ("analytic"): E||eps_hat||^2 / d at grid[:-1]. One network call per step."""
+    check_variance_head(score_fn, variance)
     score = score_fn if isinstance(score_fn, GuardedScore) else GuardedScore(score_fn, check_cond(score_fn, cond, len(x0)))
     steps = torch.zeros(x0.shape[0], len(grid) - 1, dtype=torch.float64, device=x0.device)
     for i in range(len(grid) - 1):
         x_t, t = _draw(sde, x0, grid[i], generator)
         s = grid[i + 1].expand(x0.shape[0])
         q = reverse_step.posterior(sde, t, s)
-        var = reverse_step.reverse_variance(sde, t, s, variance, data_range=data_range,
+        x0_hat, v = _x0_hat_and_v(sde, score, x_t, t, variance)
+        var = reverse_step.reverse_variance(sde, t, s, variance, data_range=data_range, v=v,
                                             gamma=None if gamma is None else gamma[i], q=q)
+        var = var if v is not None else append_dims(var, x0.ndim)
         # The means differ by c_0 (x_0 - x0_hat) only: written so, without the large c_t x_t that cancels.
         c_0 = append_dims(q.c_0, x0.ndim)
-        gap = c_0 * (x0.double() - _x0_hat(sde, score, x_t, t).double())
-        steps[:, i] = _gaussian_kl(gap, append_dims(q.beta_tilde, x0.ndim).expand_as(gap), torch.zeros_like(gap),
-                                   append_dims(var, x0.ndim).expand_as(gap))
+        gap = c_0 * (x0.double() - x0_hat.double())
+        steps[:, i] = gaussian_kl(gap, append_dims(q.beta_tilde, x0.ndim).expand_as(gap), torch.zeros_like(gap),
+                                  var.expand_as(gap))
     return steps
 
 
@@ -280,13 +289,26 @@ def _draw(sde: SDE, x0: Tensor, time: Tensor, generator) -> Tuple[Tensor, Tensor
     return alpha * x0 + sigma * torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device), t
 
 
-def _x0_hat(sde: SDE, score, x_t: Tensor, t: Tensor) -> Tensor:
+def check_variance_head(score_fn, variance: str) -> None:
+    """variance "learned_range" needs a network with a variance head (`models.Precond.learns_variance`)."""
+    if variance == "learned_range" and not getattr(score_fn, "learns_variance", False):
+        raise ValueError("variance 'learned_range' needs a network with a variance head (a models.Precond of a "
+                         "network built with learn_variance=True; config.model.learn_variance), and this score "
+                         "function has none; use fixed_small, fixed_large or analytic")
+
+
+def _x0_hat_and_v(sde: SDE, score, x_t: Tensor, t: Tensor, variance: str) -> Tuple[Tensor, Optional[Tensor]]:
+    """(x0_hat, v): from the variance head where `variance` is learned_range (v None otherwise)."""
     with torch.no_grad():
-        return sde.tweedie(x_t, t, score(x_t, t.to(x_t.dtype)))
+        if variance == "learned_range":
+            return score.denoise_and_v(x_t, t.to(x_t.dtype))
+        return sde.tweedie(x_t, t, score(x_t, t.to(x_t.dtype))), None
 
 
-def _decoder_variance(sde: SDE, grid: Tensor, variance: str, gamma, data_range: float) -> Tensor:
-    """The decoder's variance at t_n (`vlb_terms`), a float64 scalar tensor."""
+def decoder_variance(sde: SDE, grid: Tensor, variance: str, *, gamma=None, data_range: float = 2.0,
+                     v: Optional[Tensor] = None) -> Tensor:
+    """The decoder's variance at t_n (`vlb_terms`): a float64 scalar tensor, or shaped like v [B, ...] for
+    learned_range, exp(v log large + (1 - v) log small) between the fixed_large and fixed_small ones."""
     alpha, sigma = sde.marginal_coeffs(grid[-1])
     noise = (sigma / alpha) ** 2
     last_small = reverse_step.posterior(sde, grid[-2], grid[-1]).beta_tilde if len(grid) > 2 else noise
@@ -294,6 +316,8 @@ def _decoder_variance(sde: SDE, grid: Tensor, variance: str, gamma, data_range: 
         return noise
     if variance == "fixed_small":
         return last_small
+    if variance == "learned_range":
+        return (v.double() * noise.log() + (1 - v.double()) * last_small.log()).exp()
     optimal = noise * (1 - torch.as_tensor(gamma[-1], dtype=torch.float64))
     return optimal.clamp(min=float(last_small), max=(data_range / 2) ** 2)
 

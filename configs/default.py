@@ -49,6 +49,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     # training replaces a label by K, which classifier-free guidance needs (e.g. 0.1 to 0.2).
     model.num_classes = 0
     model.p_uncond = 0.0
+    # A variance head (models/variance_head.py): the network outputs 2C channels, its prediction and the
+    # mixing vector v of the reverse variance exp(v log beta + (1 - v) log beta~) (improved DDPM).
+    model.learn_variance = False
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 512
@@ -58,6 +61,15 @@ def get_default_config() -> ml_collections.ConfigDict:
     training.importance_sampling = False
     training.reduce = "mean"      # mean | sum over dimensions
     training.eps = 1e-5           # smallest training time
+    # simple: the DSM loss above | hybrid: L_simple + vlb_weight L_vlb, the mean's gradient stopped in L_vlb
+    # (needs model.learn_variance) | vlb: L_vlb alone. L_vlb is the discrete chain's bound on 8-bit images
+    # (score_toolkit/vlb_losses.py), on the chain's times; it needs training.continuous = True.
+    training.objective = "simple"
+    training.vlb_weight = 0.001   # lambda of the hybrid objective
+    training.vlb_steps = 0        # steps of the chain L_vlb is taken on; 0: the SDE's whole N-step chain
+    training.time_sampler = "uniform"  # uniform | loss_second_moment: the chain's terms drawn by importance
+    training.time_history = 10    # loss_second_moment: losses kept per term (a warm-up until every term has them)
+    training.time_uniform_mix = 0.001  # loss_second_moment: the uniform share of its probabilities
     training.log_freq = 200
     training.snapshot_freq = 2000
     training.checkpoint_freq = 1000
@@ -87,6 +99,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     sampling.eta = 0.0            # ddim: 0 deterministic, 1 ancestral
     sampling.order = 3            # dpm_solver: 1, 2 or 3
     sampling.s_churn = 0.0        # heun: EDM's stochasticity
+    sampling.variance = "fixed_small"  # ancestral: fixed_small | fixed_large | learned_range (a variance head) |
+                                  # analytic (Analytic-DPM: Gamma estimated on training data, kept in the samples folder)
+    sampling.gamma_images = 1024  # analytic: training images Gamma = E||eps_hat||^2 / d is estimated on
     # Class-conditional sampling (config.model.num_classes > 0, or a noise-conditional classifier):
     sampling.class_label = -1     # -1: every class in turn (grids: one row per class); k: class k only
     sampling.guidance = "cfg"     # cfg (classifier-free) | classifier (needs sampling.classifier_path)
@@ -125,5 +140,11 @@ def get_default_config() -> ml_collections.ConfigDict:
     evaluate.nll_atol = 1e-5
     evaluate.nll_eps = 1e-5
     evaluate.n_samples = 2000
+    # The discrete chain's variational bound (likelihood.vlb_bits_per_dim): an upper bound on the discrete
+    # model's NLL in bits/dim, reported beside the probability flow's exact NLL (images only).
+    evaluate.enable_bound = False
+    evaluate.bound_steps = 0      # steps of its strided grid (samplers.ddpm_strided_grid); 0: the whole chain
+    evaluate.bound_variance = "fixed_small"  # fixed_small | fixed_large | learned_range | analytic
+    evaluate.n_bound = 1000       # test images it is computed on
     evaluate.weights_path = ""    # EMA weights from --mode export; eval and sample use them, not the workdir's checkpoints
     return config

@@ -11,7 +11,7 @@ from models import layers
 from models.embeddings import LabelEmbedding, check_label_args, embed_labels, label_keys, sinusoidal_embedding
 from models.ncsnpp import check_unet_args, check_unet_inputs
 from models.registry import register_model
-from sde_lib import append_dims
+from models.variance_head import check_learn_variance, output_channels, scale_mean_by_sigma
 
 Tensor = torch.Tensor
 
@@ -37,17 +37,19 @@ class DDPM(nn.Module):
     mean no label), each label dropped to K with probability `p_uncond` in training (`LabelEmbedding`).
     `label_embed` is registered after `all_modules`; with K = 0 (the default) the network takes no y (`cond_keys` = ()) and
     the parameters are the reference's.
+    With `learn_variance` the output has 2C channels, the prediction then v (`models.variance_head`).
     """
 
     def __init__(self, *, nf: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
                  attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1, resamp_with_conv: bool = True,
                  scale_by_sigma: bool = False, nonlinearity: str = "swish",
                  centered: bool = True, num_channels: int = 3, image_size: int = 32, num_groups: int = 32,
-                 num_classes: int = 0, p_uncond: float = 0.0):
+                 num_classes: int = 0, p_uncond: float = 0.0, learn_variance: bool = False):
         super().__init__()
         ch_mult = tuple(ch_mult)
         check_label_args(num_classes, p_uncond)
         check_unet_args(nf, ch_mult, num_res_blocks, image_size, num_channels, dropout, nonlinearity=nonlinearity)
+        self.learn_variance = check_learn_variance(learn_variance)
         bad = sorted({nf * m for m in ch_mult if (nf * m) % num_groups})
         if not isinstance(num_groups, int) or num_groups < 1 or bad:
             raise ValueError(f"num_groups={num_groups!r} must be a positive int dividing every channel count "
@@ -65,7 +67,7 @@ class DDPM(nn.Module):
         skip_channels, in_ch = self._build_down(modules, resamp_with_conv, num_groups)
         modules += [self._block(in_ch), layers.AttnBlock(in_ch, num_groups=num_groups), self._block(in_ch)]
         in_ch = self._build_up(modules, in_ch, skip_channels, resamp_with_conv, num_groups)
-        modules += [layers.group_norm(in_ch, num_groups), layers.conv3x3(in_ch, num_channels, init_scale=0.0)]
+        modules += [layers.group_norm(in_ch, num_groups), layers.conv3x3(in_ch, output_channels(num_channels, learn_variance), init_scale=0.0)]
         self.all_modules = nn.ModuleList(modules)
         del self._block_args
         self.num_classes, self.cond_keys = num_classes, label_keys(num_classes)
@@ -122,7 +124,7 @@ class DDPM(nn.Module):
         h = conv(self.act(norm(h)))
         if next(mods, None) is not None:
             raise RuntimeError("DDPM.forward left modules unused: construction and forward disagree")
-        return h / append_dims(cond.to(h.dtype), h.ndim) if self.scale_by_sigma else h
+        return scale_mean_by_sigma(h, cond, self.num_channels) if self.scale_by_sigma else h
 
     def _down(self, h: Tensor, temb: Tensor, mods: Iterator[nn.Module]) -> List[Tensor]:
         hs = [h]

@@ -7,6 +7,7 @@ import torch.nn as nn
 from models.embeddings import (GaussianFourierProjection, LabelEmbedding, check_label_args, embed_labels, label_keys,
                                sinusoidal_embedding)
 from models.registry import register_model
+from models.variance_head import check_learn_variance, output_channels, scale_mean_by_sigma
 
 Tensor = torch.Tensor
 
@@ -26,11 +27,13 @@ class ScoreMLP(nn.Module):
     E(cond) everywhere, and forward takes y (int64 [B] in [0, K]; K and None mean no label), with
     each label dropped to K with probability `p_uncond` in training (`LabelEmbedding`). With K = 0
     (the default) the network takes no y (`cond_keys` = ()) and its parameters are those of the unconditional network.
+    With `learn_variance` the output is [B, 2D]: the prediction, then v (`models.variance_head`).
     """
 
     def __init__(self, dim: int = 2, hidden: int = 128, num_layers: int = 3, embedding_dim: int = 64,
                  embedding_type: str = "positional", fourier_scale: float = 1.0, scale_by_sigma: bool = False,
-                 scale_input_by_sigma: bool = False, num_classes: int = 0, p_uncond: float = 0.0):
+                 scale_input_by_sigma: bool = False, num_classes: int = 0, p_uncond: float = 0.0,
+                 learn_variance: bool = False):
         super().__init__()
         check_label_args(num_classes, p_uncond)
         if embedding_type not in ("positional", "fourier"):
@@ -45,7 +48,8 @@ class ScoreMLP(nn.Module):
         self.embed = nn.Sequential(nn.Linear(embedding_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(_Block(hidden) for _ in range(num_layers))
-        self.out = nn.Linear(hidden, dim)
+        self.dim, self.learn_variance = dim, check_learn_variance(learn_variance)
+        self.out = nn.Linear(hidden, output_channels(dim, learn_variance))
         nn.init.zeros_(self.out.weight)  # start at a zero score: training begins from a calm field
         nn.init.zeros_(self.out.bias)
         self.num_classes, self.cond_keys = num_classes, label_keys(num_classes)
@@ -70,9 +74,7 @@ class ScoreMLP(nn.Module):
         for block in self.blocks:
             h = block(h, e)
         out = self.out(nn.functional.silu(h))
-        if self.scale_by_sigma:
-            out = out / cond.to(out.dtype)[:, None]
-        return out
+        return scale_mean_by_sigma(out, cond, self.dim) if self.scale_by_sigma else out
 
 
 class _Block(nn.Module):

@@ -19,7 +19,7 @@ from models import up_or_down_sampling as updown
 from models.embeddings import (GaussianFourierProjection, LabelEmbedding, check_label_args, embed_labels, label_keys,
                                sinusoidal_embedding)
 from models.registry import register_model
-from sde_lib import append_dims
+from models.variance_head import check_learn_variance, output_channels, scale_mean_by_sigma
 
 Tensor = torch.Tensor
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -102,6 +102,7 @@ class NCSNpp(nn.Module):
     mean no label), each label dropped to K with probability `p_uncond` in training (`LabelEmbedding`).
     `label_embed` is registered after `all_modules`; with K = 0 (the default) the network takes no y (`cond_keys` = ()) and
     the parameters are the reference's.
+    With `learn_variance` the output has 2C channels, the prediction then v (`models.variance_head`).
     """
 
     def __init__(self, *, nf: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 4,
@@ -112,7 +113,7 @@ class NCSNpp(nn.Module):
                  attention_type: str = "ddpm", init_scale: float = 0.0, fourier_scale: float = 16.0,
                  conv_size: int = 3, embedding_type: str = "fourier", scale_by_sigma: bool = True,
                  nonlinearity: str = "swish", centered: bool = False, num_channels: int = 3,
-                 image_size: int = 32, num_classes: int = 0, p_uncond: float = 0.0):
+                 image_size: int = 32, num_classes: int = 0, p_uncond: float = 0.0, learn_variance: bool = False):
         super().__init__()
         ch_mult = tuple(ch_mult)
         check_label_args(num_classes, p_uncond)
@@ -126,6 +127,8 @@ class NCSNpp(nn.Module):
         updown.fir_kernel_1d(fir_kernel)  # validates the taps
         self.nf, self.ch_mult, self.num_res_blocks = nf, ch_mult, num_res_blocks
         self.num_channels, self.image_size, self.centered = num_channels, image_size, centered
+        self.learn_variance = check_learn_variance(learn_variance)
+        self.out_channels = output_channels(num_channels, learn_variance)
         self.conditional, self.scale_by_sigma, self.skip_rescale = conditional, scale_by_sigma, skip_rescale
         self.embedding_type, self.resblock_type = embedding_type, resblock_type
         self.progressive, self.progressive_input = progressive, progressive_input
@@ -171,7 +174,7 @@ class NCSNpp(nn.Module):
         if self.progressive_input == "input_skip":
             self.pyramid_downsample = layers.Downsample(c, fir=o["fir"], fir_kernel=o["fir_kernel"])
         if self.progressive == "output_skip":
-            self.pyramid_upsample = layers.Upsample(c, fir=o["fir"], fir_kernel=o["fir_kernel"])
+            self.pyramid_upsample = layers.Upsample(self.out_channels, fir=o["fir"], fir_kernel=o["fir_kernel"])
 
     def _build_embedding(self, fourier_scale: float) -> List[nn.Module]:
         modules: List[nn.Module] = []
@@ -217,7 +220,7 @@ class NCSNpp(nn.Module):
 
     def _build_up(self, modules: List[nn.Module], in_ch: int, skip_channels: List[int]) -> None:
         """Decoder and output modules; consumes `skip_channels` from the end."""
-        o, nf, c, levels = self._opts, self.nf, self.num_channels, len(self.ch_mult)
+        o, nf, c, levels = self._opts, self.nf, self.out_channels, len(self.ch_mult)
         pyramid_ch = 0
         for i in reversed(range(levels)):
             for _ in range(self.num_res_blocks + 1):
@@ -265,9 +268,7 @@ class NCSNpp(nn.Module):
         h = self._up(h, hs, temb, mods)
         if next(mods, None) is not None:
             raise RuntimeError("NCSNpp.forward left modules unused: construction and forward disagree")
-        if self.scale_by_sigma:
-            h = h / append_dims(cond.to(h.dtype), h.ndim)
-        return h
+        return scale_mean_by_sigma(h, cond, self.num_channels) if self.scale_by_sigma else h
 
     def _embed(self, cond: Tensor, mods: Iterator[nn.Module]) -> Tensor | None:
         if self.embedding_type == "fourier":

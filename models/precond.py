@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from sde_lib import SDE, append_dims
 from sde_lib.checks import check_one_of, cond_keys
+from models.variance_head import split_variance
 
 Tensor = torch.Tensor
 PARAMETRIZATIONS = ("eps", "score", "x0", "v")
@@ -96,6 +97,10 @@ class Precond(nn.Module):
       parametrization: what net predicts, one of PARAMETRIZATIONS (default: `sde.parametrization`).
       continuous: False for networks of the discrete DDPM / SMLD losses (step-index or sigma_i labels,
         and alpha, sigma of the discrete chain).
+
+    A network with a variance head (`net.learn_variance`, `models.variance_head`) outputs 2C channels:
+    `raw`, the score, x0 and eps come from the first C, and `denoise_and_v` / `raw_and_v` give the
+    mixing vector v beside them, from the same call.
     """
 
     def __init__(self, sde: SDE, net: nn.Module, parametrization: Optional[str] = None, continuous: bool = True):
@@ -104,6 +109,7 @@ class Precond(nn.Module):
         check_one_of("parametrization", param, PARAMETRIZATIONS)
         self.sde, self.net, self.parametrization, self.continuous = sde, net, param, continuous
         self.cond_keys = cond_keys(net)  # what the network declares it takes (None: anything)
+        self.learns_variance = bool(getattr(net, "learn_variance", False))
 
     def select(self, cond: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """The part of a data batch's conditioning (e.g. {"y": labels}) that the network takes: an
@@ -116,13 +122,29 @@ class Precond(nn.Module):
     def raw(self, x: Tensor, t: Tensor, **cond) -> Tensor:
         """F(x, c_noise(t), **cond): the network's own output, shaped like x. Conditioning is checked
         once per run by the caller (`sde_lib.checks.check_cond` against `cond_keys`), not per call."""
-        return self.net(x, noise_label(self.sde, t, self.continuous), **cond)
+        return self.raw_and_v(x, t, **cond)[0]
 
-    def _output(self, which: str, x: Tensor, t: Tensor, cond: dict) -> Tensor:
-        F = self.raw(x, t, **cond)
+    def raw_and_v(self, x: Tensor, t: Tensor, **cond) -> Tuple[Tensor, Optional[Tensor]]:
+        """(F, v): the prediction and the variance head's v (None without a head), one network call."""
+        out = self.net(x, noise_label(self.sde, t, self.continuous), **cond)
+        return split_variance(out) if self.learns_variance else (out, None)
+
+    def convert(self, which: str, x: Tensor, t: Tensor, F: Tensor) -> Tensor:
+        """The score, x0 or eps estimate (`which`) of a raw output F at (x, t), by its closed form."""
         a, b = _XF[self.parametrization][which](*self._alpha_sigma(t.double()))
         out = append_dims(b.to(F.dtype), F.ndim) * F
         return out if a is None else torch.addcmul(out, append_dims(a.to(F.dtype), x.ndim), x)
+
+    def _output(self, which: str, x: Tensor, t: Tensor, cond: dict) -> Tensor:
+        return self.convert(which, x, t, self.raw(x, t, **cond))
+
+    def denoise_and_v(self, x: Tensor, t: Tensor, **cond) -> Tuple[Tensor, Tensor]:
+        """(x0_hat, v) from one call of a network with a variance head; a ValueError without one."""
+        if not self.learns_variance:
+            raise ValueError("variance 'learned_range' needs a network with a variance head "
+                             "(config.model.learn_variance = True), and this one has none")
+        F, v = self.raw_and_v(x, t, **cond)
+        return self.convert("x0", x, t, F), v
 
     def forward(self, x: Tensor, t: Tensor, **cond) -> Tensor:
         """The score grad_x log p_t(x) [B, ...] at times t [B]."""

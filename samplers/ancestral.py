@@ -5,10 +5,11 @@ Each step from t to s < t draws from the model's reverse kernel (`sde_lib.revers
 
     x_s = c_t x_t + c_0 x0_hat(x_t) + sigma z,   sigma^2 = reverse_variance(t, s, variance),
 
-one score call a step. variance="fixed_small" is DDPM's sigma^2 = beta~ (and DDIM with eta = 1, to
-rounding); "fixed_large" DDPM's beta; "analytic" Analytic-DPM's optimum from gamma, the per-step
-E||eps_hat||^2 / d that `estimate_gamma` measures on data (clipped to Theorem 2's bounds for data of
-width data_range).
+one network call a step. variance="fixed_small" is DDPM's sigma^2 = beta~ (and DDIM with eta = 1, to
+rounding); "fixed_large" DDPM's beta; "learned_range" improved DDPM's exp(v log beta + (1 - v) log beta~)
+with v from the network's variance head (score_fn a `models.Precond` of a network with one; x0_hat and
+v come from the same call); "analytic" Analytic-DPM's optimum from gamma, the per-step E||eps_hat||^2 / d
+that `estimate_gamma` measures on data (clipped to Theorem 2's bounds for data of width data_range).
 """
 from __future__ import annotations
 
@@ -24,17 +25,20 @@ from samplers.base import at, coeff, ignore, noise_estimate, noise_like, sampler
 
 Tensor = torch.Tensor
 __all__ = ["ancestral_loop", "ancestral_sample", "estimate_gamma"]
-_KINDS = ("fixed_small", "fixed_large", "analytic")  # learned_range needs a variance head, not a score
+_KINDS = ("fixed_small", "fixed_large", "learned_range", "analytic")
 
 
 def ancestral_loop(sde: SDE, score, x: Tensor, grid: Tensor, *,
-                   variance: str = "fixed_small",        # fixed_small | fixed_large | analytic
+                   variance: str = "fixed_small",        # fixed_small | fixed_large | learned_range | analytic
                    gamma: Optional[Sequence[float]] = None,  # analytic: E||eps_hat||^2 / d at grid[0..n-1]
                    data_range: float = 2.0,              # analytic: width of the data's interval (clipping)
                    generator: Optional[torch.Generator] = None, callback=ignore, progress: bool = False) -> Tensor:
     """x_s = c_t x_t + c_0 x0_hat + sigma z at every step of the grid (module docstring). `callback`
     receives {i, t (the new time), x, x_mean, denoised} after every step."""
     check_one_of("variance", variance, _KINDS)
+    if variance == "learned_range" and not getattr(score, "learns_variance", False):
+        raise ValueError("variance 'learned_range' needs a network with a variance head (score_fn a models.Precond "
+                         "of a network built with learn_variance=True); use fixed_small, fixed_large or analytic")
     n = len(grid) - 1
     if variance == "analytic":
         if gamma is None or len(gamma) != n:
@@ -43,12 +47,16 @@ def ancestral_loop(sde: SDE, score, x: Tensor, grid: Tensor, *,
         gamma = torch.as_tensor(gamma, dtype=torch.float64)
     for i in trange(n, disable=not progress, desc="ancestral_sample"):
         t, s = at(grid, i, x), at(grid, i + 1, x)
-        x0 = sde.tweedie(x, t, score(x, t.to(x.dtype)))
+        if variance == "learned_range":
+            x0, v = score.denoise_and_v(x, t.to(x.dtype))
+        else:
+            x0, v = sde.tweedie(x, t, score(x, t.to(x.dtype))), None
         q = posterior(sde, t, s)
         var = reverse_variance(sde, t, s, variance, gamma=None if gamma is None else gamma[i].to(t.device),
-                               data_range=data_range, q=q)
+                               data_range=data_range, q=q, v=v)
+        sd = var.sqrt().to(x.dtype) if v is not None else coeff(var.sqrt(), x)
         x_mean = torch.addcmul(coeff(q.c_t, x) * x, coeff(q.c_0, x), x0)
-        x = torch.addcmul(x_mean, coeff(var.sqrt(), x), noise_like(x, generator))
+        x = torch.addcmul(x_mean, sd, noise_like(x, generator))
         callback({"i": i, "t": s, "x": x, "x_mean": x_mean, "denoised": x0})
     return x
 

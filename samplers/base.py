@@ -75,12 +75,15 @@ class Sampler:
                                 + f" Its options: {', '.join(self.options) or 'none'}, besides {', '.join(COMMON)}; "
                                 f"conditioning goes in cond={{{key!r}: ...}}")
 
-    def dry_run(self, sde: SDE, grid: Tensor, options: dict, shape: Sequence[int], device, dtype) -> None:
+    def dry_run(self, sde: SDE, grid: Tensor, options: dict, shape: Sequence[int], device, dtype,
+                learns_variance: bool = False) -> None:
         """Every check the loop makes of its options, on one zero sample, stopping at its first score
-        call: so nothing is drawn and no call is made before they pass, even for an empty batch."""
+        call: so nothing is drawn and no call is made before they pass, even for an empty batch.
+        `learns_variance`: whether the real score function has a variance head (`models.Precond`)."""
         x = torch.zeros((1, *shape[1:]), device=device, dtype=dtype)
+        refuse = _refuse_head_calls if learns_variance else _refuse_calls
         try:
-            self.run(sde, GuardedScore(_refuse_calls), x, grid.to(x.device), options, torch.Generator(device=x.device))
+            self.run(sde, GuardedScore(refuse), x, grid.to(x.device), options, torch.Generator(device=x.device))
         except _FirstCall:
             pass
 
@@ -139,7 +142,7 @@ def sampler(name: str, loop: Callable, *, options: Optional[dict] = None, **spec
         times, loop_options = info.times(sde, steps, grid, eps, options)
         check_x_T(x_T, shape)
         on = (check_device(device), dtype) if x_T is None else (x_T.device, x_T.dtype)
-        info.dry_run(sde, times, loop_options, shape, *on)
+        info.dry_run(sde, times, loop_options, shape, *on, learns_variance=getattr(score_fn, "learns_variance", False))
         score = GuardedScore(score_fn, check_cond(score_fn, cond, shape[0]))
         g = make_generator(generator, seed, device)
         x = start(sde, shape, x_T, g, device, dtype)
@@ -231,6 +234,20 @@ class _FirstCall(Exception):
 
 def _refuse_calls(x, t, **cond):
     raise _FirstCall
+
+
+class _RefuseHeadCalls:
+    """`_refuse_calls` standing in for a network with a variance head."""
+    learns_variance = True
+
+    def __call__(self, x, t, **cond):
+        raise _FirstCall
+
+    def denoise_and_v(self, x, t, **cond):
+        raise _FirstCall
+
+
+_refuse_head_calls = _RefuseHeadCalls()
 
 
 def probe(fn: Callable, sde: SDE, shape: Sequence[int], **kwargs) -> None:

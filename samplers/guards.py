@@ -87,3 +87,18 @@ class GuardedScore:
                              f"{self.nfe}, t={float(t.reshape(-1)[0]):.6g}; it must return x's shape")
         check_finite(s, "score_fn", f"score call {self.nfe}", t)
         return s
+
+    @property
+    def learns_variance(self) -> bool:
+        """Whether the wrapped function is a network with a variance head (`models.Precond`)."""
+        return bool(getattr(self.score_fn, "learns_variance", False))
+
+    def denoise_and_v(self, x: Tensor, t: Tensor):
+        """(x0_hat, v) of a network with a variance head, from one counted call (`models.Precond.denoise_and_v`)."""
+        self.nfe += 1
+        x0, v = self.score_fn.denoise_and_v(x, t, **self.cond)
+        for name, out in (("x0 estimate", x0), ("variance head's v", v)):
+            if out.shape != x.shape:
+                raise ValueError(f"the network's {name} is {tuple(out.shape)} for x of shape {tuple(x.shape)}")
+            check_finite(out, name, f"network call {self.nfe}", t)
+        return x0, v

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from score_toolkit import bound
 from score_toolkit import checkpoints
 from score_toolkit import data_lib
 from score_toolkit import distributed
@@ -39,7 +40,9 @@ from models import checkpoint_convert
 
 # Notes printed beside a metric's name in the results table.
 METRIC_NOTES = {"mmd_rbf": "unbiased; may be < 0", "KID": "unbiased; may be < 0",
-                "nll_gap_nats": "model minus true NLL"}
+                "nll_gap_nats": "model minus true NLL",
+                "nll_bits_per_dim": "probability flow ODE, exact up to the solver",
+                "vlb_bits_per_dim_upper_bound": "discrete chain, >= its NLL"}
 
 
 def check_inputs(config, workdir: str, mode: str = "eval") -> torch.nn.Module:
@@ -50,8 +53,10 @@ def check_inputs(config, workdir: str, mode: str = "eval") -> torch.nn.Module:
     validate_config built."""
     net = validation.validate_config(config)
     e = config.eval
-    if mode == "eval" and (e.enable_loss or e.enable_nll):
+    if mode == "eval" and (e.enable_loss or e.enable_nll or e.enable_bound):
         data_lib.check_files(config, ("test",))
+    if mode != "export" and bound.uses_gamma(config):  # Analytic-DPM's Gamma is estimated on training images
+        data_lib.check_files(config, ("train",))
     if mode == "eval" and e.enable_samples:
         data_lib.check_quality_files(config)
     if not e.weights_path:
@@ -211,8 +216,11 @@ def draw_samples(config, sde, model, data, folder: str, n: int) -> torch.Tensor:
     score_fn = factories.build_score_fn(config, sde, model, device)
     labels = factories.label_sampler(config)
     grid = fitted_grid(config, sde, score_fn, data, labels, folder) if config.sampling.grid == "fitted" else None
+    gamma = None
+    if config.sampling.method == "ancestral" and config.sampling.variance == "analytic":
+        gamma = bound.sampler_gamma(config, sde, model, data, grid, folder, device)
     sample = (_task_sampler(config, sde, data, device) if config.sampling.task != "none"
-              else factories.build_sampler(config, sde, device, grid))
+              else factories.build_sampler(config, sde, device, grid, gamma=gamma))
     os.makedirs(folder, exist_ok=True)
     bs = config.sampling.batch_size
 
@@ -366,6 +374,8 @@ def evaluate(config, workdir: str, eval_folder: str = "eval", net=None) -> Dict[
         results["heldout_loss"] = heldout_loss(config, sde, model, data)
     if config.eval.enable_nll:
         results.update(heldout_nll(config, sde, model, data, out_dir, ckpt_step))
+    if config.eval.enable_bound:
+        results.update(bound.heldout_bound(config, sde, model, data, out_dir, ckpt_step, BatchLog))
     if config.eval.enable_samples:
         folder = samples_folder(config, out_dir, ckpt_step)
         x = draw_samples(config, sde, model, data, folder, config.eval.n_samples)

@@ -14,6 +14,7 @@ import torch
 
 from score_toolkit import losses
 from score_toolkit import noisy_classifier
+from score_toolkit import vlb_losses
 from score_toolkit.errors import ConfigError, require
 import models
 import samplers
@@ -113,12 +114,30 @@ def sample_labels(config, n: int, start: int = 0) -> dict:
 
 
 def build_loss(config, sde: sde_lib.SDE) -> Callable:
+    """The training loss of config.training.objective: the DSM loss ("simple", `losses.get_loss_fn`) or
+    the discrete chain's bound ("hybrid", "vlb": `vlb_losses.VLBLoss`, whose term sampler is stateful)."""
     t = config.training
     try:
+        if t.objective != "simple":
+            return vlb_losses.VLBLoss(sde, vlb_chain(config, sde), t.objective, vlb_weight=t.vlb_weight,
+                                      variance="learned_range" if config.model.learn_variance else "fixed_small",
+                                      time_sampler=t.time_sampler, history=t.time_history,
+                                      uniform_mix=t.time_uniform_mix, centered=config.data.centered)
         return losses.get_loss_fn(sde, continuous=t.continuous, weighting=t.weighting,
                                   importance_sampling=t.importance_sampling, reduce=t.reduce, eps=t.eps)
     except ValueError as e:
         raise ConfigError(f"config.training: {e}") from e
+
+
+def chain_grid(sde: sde_lib.SDE, steps: int) -> Tensor:
+    """The times of the discrete chain's bound: `samplers.ddpm_strided_grid` with `steps` steps, 0 for the
+    SDE's whole N-step chain (N - 1 steps and the decoder at eps)."""
+    return samplers.ddpm_strided_grid(sde, steps or sde.N - 1)
+
+
+def vlb_chain(config, sde: sde_lib.SDE) -> Tensor:
+    """The chain training's L_vlb is taken on (config.training.vlb_steps)."""
+    return chain_grid(sde, config.training.vlb_steps)
 
 
 # Sampler arguments a config.sampling key of another name sets: pc's steps are sampling.N, the ODE's
@@ -164,13 +183,15 @@ def sampler_kwargs(config, grid: Optional[Tensor] = None) -> Dict[str, Any]:
     return kwargs
 
 
-def build_sampler(config, sde: sde_lib.SDE, device: torch.device,
-                  grid: Optional[Tensor] = None) -> Callable[..., Tuple[Tensor, int]]:
+def build_sampler(config, sde: sde_lib.SDE, device: torch.device, grid: Optional[Tensor] = None,
+                  gamma: Optional[Tensor] = None) -> Callable[..., Tuple[Tensor, int]]:
     """sample(score_fn, shape, seed, start=0, cond=None) -> (x, nfe) with the configured sampler and
     `sampler_kwargs(config, grid)`, on `device` (the seed drives a generator on that device: the same
     seed gives other samples on another). `start`, the index of the batch's first sample, matters only
-    to `build_task_sampler`."""
+    to `build_task_sampler`. `gamma`: Analytic-DPM's per-step Gamma for the ancestral sampler."""
     fn, kwargs = samplers.get_sampler(config.sampling.method), sampler_kwargs(config, grid)
+    if gamma is not None:
+        kwargs["gamma"] = gamma.tolist()
 
     def sample(score_fn, shape, seed, start: int = 0, cond: Optional[dict] = None):
         return fn(sde, score_fn, shape, seed=seed, device=device, cond=_on(cond, device), **kwargs)

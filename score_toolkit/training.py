@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from score_toolkit import bound
 from score_toolkit import checkpoints
 from score_toolkit import data_lib
 from score_toolkit import distributed
@@ -40,8 +41,11 @@ def make_grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScale
 class TrainState:
     """Model, EMA, optimizer, step and RNG states: everything a run needs to continue exactly."""
 
-    def __init__(self, config, net: Optional[torch.nn.Module] = None):
-        """`net`: the network as `validation.validate_config` built it (seeded by config.seed); built here if None."""
+    def __init__(self, config, net: Optional[torch.nn.Module] = None, loss_fn=None):
+        """`net`: the network as `validation.validate_config` built it (seeded by config.seed); built here if None.
+        `loss_fn`: the loss, whose state (the bound's term sampler, `vlb_losses.VLBLoss`) is checkpointed
+        where it has one."""
+        self.loss_fn = loss_fn
         torch.manual_seed(config.seed)  # seeds CUDA's generators too
         self.device = distributed.local_device(runtime.get_device(config))
         # Built on the CPU, then moved: the same seed gives the same initial weights on every device.
@@ -91,6 +95,8 @@ class TrainState:
                  "rng": self.rng_state(), "config": config.to_json(), "world_size": distributed.world()}
         if self.scaler.is_enabled():  # fp16: the loss scale and its growth counter, for an exact resume
             state["scaler"] = self.scaler.state_dict()
+        if hasattr(self.loss_fn, "state_dict"):  # e.g. the importance sampler's loss history
+            state["loss"] = self.loss_fn.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -100,6 +106,8 @@ class TrainState:
         self.step = int(state["step"])
         if self.scaler.is_enabled() and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        if hasattr(self.loss_fn, "load_state_dict") and "loss" in state:
+            self.loss_fn.load_state_dict(state["loss"])
         self.generator.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and "cuda" in state["rng"]:
@@ -144,8 +152,8 @@ def train_step(state: TrainState, loss_fn, model, batch: torch.Tensor, config, c
     return loss_value, float(grad_norm)
 
 
-def resume_or_start(config, ckpt_dir: str, net: Optional[torch.nn.Module] = None) -> TrainState:
-    state = TrainState(config, net)
+def resume_or_start(config, ckpt_dir: str, net: Optional[torch.nn.Module] = None, loss_fn=None) -> TrainState:
+    state = TrainState(config, net, loss_fn)
     latest = checkpoints.load_latest(ckpt_dir, move_aside=distributed.is_main())
     if latest is not None:
         step, saved = latest
@@ -170,8 +178,12 @@ def snapshot(state: TrainState, config, sde, data, workdir: str) -> str:
     devices = [state.device] if state.device.type == "cuda" else []
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            n = config.sampling.n_samples
-            sample = factories.build_sampler(config, sde, state.device)
+            n, s = config.sampling.n_samples, config.sampling
+            gamma = None
+            if s.method == "ancestral" and s.variance == "analytic":  # this step's Gamma, not kept
+                gamma = torch.tensor(bound.estimate_on_data(config, sde, state.model, data, bound.sampler_times(
+                    config, sde), min(s.gamma_images, len(data.train_uint8)), state.device), dtype=torch.float64)
+            sample = factories.build_sampler(config, sde, state.device, gamma=gamma)
             x, nfe = sample(factories.build_score_fn(config, sde, state.model, state.device), data.sample_shape(n),
                             seed=config.seed + state.step, cond=factories.sample_labels(config, n))
     finally:
@@ -303,7 +315,7 @@ def train(config, workdir: str, max_steps: Optional[int] = None, net: Optional[t
     sde = factories.build_sde(config)
     data = data_lib.load(config)
     loss_fn = factories.build_loss(config, sde)
-    state = resume_or_start(config, ckpt_dir, net)
+    state = resume_or_start(config, ckpt_dir, net, loss_fn)
     if distributed.active():
         distributed.seed_rank_rng(config.seed, state.step)
     model = training_model(config, sde, state)

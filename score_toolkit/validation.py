@@ -17,8 +17,10 @@ from score_toolkit import factories
 from score_toolkit import image_data
 from score_toolkit import runtime
 from score_toolkit import toy_data
+from score_toolkit import vlb_losses
 from score_toolkit.config_keys import get_key
 from score_toolkit.errors import ConfigError, require
+import likelihood
 import models
 import samplers
 
@@ -48,6 +50,7 @@ def validate_config(config: ml_collections.ConfigDict) -> torch.nn.Module:
         require(isinstance(value, float) and 0 < value < sde.T, key, value, f"must lie in (0, T) = (0, {sde.T:g})")
     _validate_sampling(config)
     _one_of(config, "eval.divergence", ("exact", "rademacher", "gaussian"))
+    _validate_variances(config, sde)
     factories.build_loss(config, sde)
     _validate_parametrization(config, sde)
     with torch.random.fork_rng(devices=[]):  # the caller's RNG stays as it was
@@ -118,7 +121,10 @@ def _validate_sampler_options(config) -> None:
     s, sde = config.sampling, factories.build_sde(config)
     try:
         if s.task == "none":
-            samplers.check_options(s.method, sde, **factories.sampler_kwargs(config))
+            kwargs = factories.sampler_kwargs(config)
+            if kwargs.get("variance") in ("learned_range", "analytic"):  # the head and Gamma: _validate_variances
+                kwargs["variance"] = "fixed_small"
+            samplers.check_options(s.method, sde, **kwargs)
         else:  # the task runs the sampler one interval at a time
             shape = (1, config.data.num_channels, config.data.image_size, config.data.image_size)
             samplers.probe(samplers.inpaint_sample, sde, shape, y=torch.zeros(shape), mask=torch.ones(shape),
@@ -129,6 +135,56 @@ def _validate_sampler_options(config) -> None:
         key = factories.option_key(config, word.group(0)) if word else None
         where = f"config.sampling.{key} = {s[key]!r}" if key else f"config.sampling.method = {s.method!r}"
         raise ConfigError(f"{where} is not allowed: {e}") from e
+
+
+def _validate_variances(config, sde) -> None:
+    """The variance head, the bound's training objectives, the ancestral sampler's variance and the
+    evaluated bound: values that can work together (the 8-bit decoder needs image data)."""
+    m, t, s, e = config.model, config.training, config.sampling, config.eval
+    head = m.get("learn_variance", False)
+    require(isinstance(head, bool), "model.learn_variance", head, "must be True or False")
+    _one_of(config, "training.objective", vlb_losses.OBJECTIVES)
+    if t.objective != "simple":
+        require(config.data.kind == "images", "training.objective", t.objective,
+                "L_vlb's decoder is the discretised Gaussian of 8-bit images; it needs config.data.kind = 'images'")
+        require(t.continuous is True, "training.objective", t.objective,
+                "trains on the chain's times with the continuous SDE's coefficients; set training.continuous = True")
+        require(t.objective == "vlb" or head, "training.objective", t.objective,
+                "its L_vlb trains the variance head alone (the mean's gradient is stopped there), and "
+                "config.model.learn_variance = False; set it True, or use objective 'vlb'")
+        _positive(config, "training.vlb_weight")
+        _chain_steps(config, "training.vlb_steps", sde)
+        _one_of(config, "training.time_sampler", vlb_losses.TIME_SAMPLERS)
+        _positive(config, "training.time_history", integer=True)
+        require(isinstance(t.time_uniform_mix, float) and 0 <= t.time_uniform_mix <= 1, "training.time_uniform_mix",
+                t.time_uniform_mix, "must be a number in [0, 1]")
+    if s.method == "ancestral":
+        _needs_head(config, "sampling.variance", s.variance, head)
+        if s.variance == "analytic":
+            _positive(config, "sampling.gamma_images", integer=True)
+    require(isinstance(e.enable_bound, bool), "eval.enable_bound", e.enable_bound, "must be True or False")
+    if e.enable_bound:
+        require(config.data.kind == "images", "eval.enable_bound", True,
+                "the bound's decoder is the discretised Gaussian of 8-bit images; it needs config.data.kind = 'images'")
+        _one_of(config, "eval.bound_variance", likelihood.BOUND_VARIANCES)
+        _needs_head(config, "eval.bound_variance", e.bound_variance, head)
+        _chain_steps(config, "eval.bound_steps", sde)
+        _positive(config, "eval.n_bound", integer=True)
+        if e.bound_variance == "analytic":
+            _positive(config, "sampling.gamma_images", integer=True)
+
+
+def _needs_head(config, key: str, variance: str, head: bool) -> None:
+    require(variance != "learned_range" or head, key, variance,
+            "needs a network with a variance head, and config.model.learn_variance = False; use fixed_small, "
+            "fixed_large or analytic, or train a network with one")
+
+
+def _chain_steps(config, key: str, sde) -> None:
+    """Steps of a strided grid of the SDE's chain: 0 (the whole chain) to N - 1."""
+    value = get_key(config, key)
+    require(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= sde.N - 1, key, value,
+            f"must be an integer in [0, N - 1 = {sde.N - 1}] (steps of the {sde.N}-step chain; 0: all of them)")
 
 
 def _validate_fitted_grid(config) -> None:

@@ -83,6 +83,8 @@ def test_bad_input_to_the_bound_is_refused():
     score = GaussianMixture([1.0], [[0.0]], [1.0]).score_fn(sde)
     grid = samplers.uniform_t(sde, 4, 1e-3)
     with pytest.raises(ValueError, match="variance must be one of"):
+        likelihood.vlb_terms(sde, score, torch.zeros(2, 1, dtype=torch.long), grid, variance="learned")
+    with pytest.raises(ValueError, match="'learned_range' needs a network with a variance head"):
         likelihood.vlb_terms(sde, score, torch.zeros(2, 1, dtype=torch.long), grid, variance="learned_range")
     with pytest.raises(ValueError, match="needs gamma at every time of the grid \\(5 here"):
         likelihood.vlb_terms(sde, score, torch.zeros(2, 1, dtype=torch.long), grid, variance="analytic", gamma=[0.5])

@@ -273,13 +273,19 @@ def vlb_step_terms(sde: SDE, score_fn, x0: Tensor, grid: Tensor, *, variance: st
         x0_hat, v = _x0_hat_and_v(sde, score, x_t, t, variance)
         var = reverse_step.reverse_variance(sde, t, s, variance, data_range=data_range, v=v,
                                             gamma=None if gamma is None else gamma[i], q=q)
-        var = var if v is not None else append_dims(var, x0.ndim)
-        # The means differ by c_0 (x_0 - x0_hat) only: written so, without the large c_t x_t that cancels.
-        c_0 = append_dims(q.c_0, x0.ndim)
-        gap = c_0 * (x0.double() - x0_hat.double())
-        steps[:, i] = gaussian_kl(gap, append_dims(q.beta_tilde, x0.ndim).expand_as(gap), torch.zeros_like(gap),
-                                  var.expand_as(gap))
+        steps[:, i] = step_kl(q, x0, x0_hat, var)
     return steps
+
+
+def step_kl(q: reverse_step.Posterior, x0: Tensor, x0_hat: Tensor, variance: Tensor) -> Tensor:
+    """KL(q(x_s | x_t, x_0) || N(c_t x_t + c_0 x0_hat, variance I)) [B] in nats (float64), summed over
+    dimensions, for one step's posterior q ([B] coefficients), data x0 and the model's x0_hat [B, ...];
+    variance [B] or shaped like x0 (a variance head's). The two means differ by c_0 (x_0 - x0_hat) alone,
+    so it is written that way, without the large c_t x_t that would cancel."""
+    gap = append_dims(q.c_0, x0.ndim) * (x0.double() - x0_hat.double())
+    var = variance if variance.ndim == x0.ndim else append_dims(variance, x0.ndim)
+    return gaussian_kl(gap, append_dims(q.beta_tilde, x0.ndim).expand_as(gap), torch.zeros_like(gap),
+                       var.expand_as(gap))
 
 
 def _draw(sde: SDE, x0: Tensor, time: Tensor, generator) -> Tuple[Tensor, Tensor]:

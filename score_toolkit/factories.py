@@ -131,8 +131,12 @@ def build_loss(config, sde: sde_lib.SDE) -> Callable:
 
 def chain_grid(sde: sde_lib.SDE, steps: int) -> Tensor:
     """The times of the discrete chain's bound: `samplers.ddpm_strided_grid` with `steps` steps, 0 for the
-    SDE's whole N-step chain (N - 1 steps and the decoder at eps)."""
-    return samplers.ddpm_strided_grid(sde, steps or sde.N - 1)
+    SDE's whole N-step chain (N - 1 steps and the decoder at eps). The last time is sde.sampling_eps, or
+    half the last chain time above it where sampling_eps does not lie below that (the cosine schedule's
+    1000-step chain, whose index 1 is at T / 999 < 1e-3)."""
+    steps = steps or sde.N - 1
+    last = round((sde.N - 1) / steps) / (sde.N - 1) * sde.T if steps > 1 else sde.T
+    return samplers.ddpm_strided_grid(sde, steps, eps=min(sde.sampling_eps, last / 2))
 
 
 def vlb_chain(config, sde: sde_lib.SDE) -> Tensor:

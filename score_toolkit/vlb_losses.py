@@ -176,11 +176,7 @@ class VLBLoss:
             t, s = self.grid[i].to(x0.device), self.grid[i + 1].to(x0.device)
             q = reverse_step.Posterior(*(c[i].to(x0.device) for c in self._steps))
             var = reverse_step.reverse_variance(self.sde, t, s, self.variance, v=v[step] if learned else None, q=q)
-            var = var if learned else append_dims(var, x0.ndim)
-            gap = append_dims(q.c_0, x0.ndim) * (x0[step].double() - x0_hat[step].double())
-            kl = likelihood.gaussian_kl(gap, append_dims(q.beta_tilde, x0.ndim).expand_as(gap),
-                                        torch.zeros_like(gap), var.expand_as(gap))
-            out = out.index_put((step,), kl / bits)
+            out = out.index_put((step,), likelihood.step_kl(q, x0[step], x0_hat[step], var) / bits)
         last = (j == n - 1).nonzero().squeeze(1)
         if len(last):
             var = likelihood.decoder_variance(self.sde, self.grid, self.variance, v=v[last] if learned else None)

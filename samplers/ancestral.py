@@ -44,7 +44,7 @@ def ancestral_loop(sde: SDE, score, x: Tensor, grid: Tensor, *,
         if gamma is None or len(gamma) != n:
             raise ValueError(f"variance 'analytic' needs gamma, one E||eps_hat||^2 / d per step ({n} for this grid; "
                              f"samplers.estimate_gamma measures them), got {None if gamma is None else len(gamma)}")
-        gamma = torch.as_tensor(gamma, dtype=torch.float64)
+    gamma = None if gamma is None else torch.as_tensor(gamma, dtype=torch.float64)  # read by "analytic" alone
     for i in trange(n, disable=not progress, desc="ancestral_sample"):
         t, s = at(grid, i, x), at(grid, i + 1, x)
         if variance == "learned_range":

@@ -108,6 +108,8 @@ def test_bad_variance_arguments_are_refused_before_any_call():
         raise AssertionError("called")
 
     with pytest.raises(ValueError, match="variance must be one of"):
+        samplers.ancestral_sample(sde, never, (4, 2), steps=3, variance="learned")
+    with pytest.raises(ValueError, match="'learned_range' needs a network with a variance head"):
         samplers.ancestral_sample(sde, never, (4, 2), steps=3, variance="learned_range")
     with pytest.raises(ValueError, match="variance 'analytic' needs gamma, one .* per step \\(3 for this grid"):
         samplers.ancestral_sample(sde, never, (4, 2), steps=3, variance="analytic", gamma=[0.5, 0.5])

@@ -7,16 +7,20 @@ conftest, which holds only fixtures.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
 import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
 import torch
+import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 import likelihood
@@ -24,6 +28,7 @@ import samplers
 import sde_lib
 from sde_lib import append_dims
 from sde_lib.analytic import GaussianMixture
+from sde_lib.reverse_step import learned_range_target, posterior
 
 F64 = torch.float64
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,6 +141,51 @@ def exact_check(sde, gm, x, **kw):
     logp_true_prior = logp - sde.prior_logp(z) + gm.log_prob(z, sde, torch.tensor(sde.T))
     D = x.shape[1]
     return (logp_true_prior - gm.log_prob(x, sde, torch.tensor(LIKELIHOOD_EPS))) / (D * math.log(2)), logp, nfe
+
+
+# ----- the variance head on Gaussian data (test_variance_head.py, test_vlb_training.py) -------------------
+
+def gaussian_step_truth(sde, t, s, mu, std):
+    """For data N(mu, std^2) per dimension: (sigma*^2, v*, the mean's coefficients (m0, m1): mean = m0 + m1 x_t) of the step t -> s."""
+    (a_t, g_t), (a_s, g_s) = sde.marginal_coeffs(t), sde.marginal_coeffs(s)
+    v_t, v_s = a_t ** 2 * std ** 2 + g_t ** 2, a_s ** 2 * std ** 2 + g_s ** 2
+    a = a_t / a_s
+    optimal = posterior(sde, t, s).beta * v_s / v_t
+    return optimal, learned_range_target(sde, t, s, optimal), (a_s * mu - a * v_s / v_t * a_t * mu, a * v_s / v_t)
+
+
+class GaussianHead(nn.Module):
+    """A network with a variance head that outputs the exact eps* of N(mu, std^2) data and, for a step of
+    `grid` from t to the next time, v*; or a trainable v per step (`trainable`)."""
+
+    def __init__(self, sde, grid, mu, std, trainable=False):
+        super().__init__()
+        self.sde, self.grid, self.mu, self.std, self.learn_variance = sde, grid, mu, std, True
+        self.v = nn.Parameter(torch.zeros(len(grid), dtype=F64)) if trainable else None
+
+    def forward(self, x, label):
+        t = label.double() / 999
+        i = (self.grid - t[:, None]).abs().argmin(1)  # the step that starts at t (the last time: the decoder's)
+        a_t, g_t = (c[:, None] for c in self.sde.marginal_coeffs(t))
+        eps = g_t * (x.double() - a_t * self.mu) / (a_t ** 2 * self.std ** 2 + g_t ** 2)
+        if self.v is not None:
+            v = self.v[i][:, None].expand_as(eps)
+        else:
+            last = i == len(self.grid) - 1  # the decoder's time: v = 0 there (its fixed small variance)
+            s = self.grid[(i + 1).clamp(max=len(self.grid) - 1)]
+            v_star = gaussian_step_truth(self.sde, t, torch.where(last, t / 2, s), self.mu, self.std)[1]
+            v = torch.where(last, 0.0, v_star)[:, None].expand_as(eps)
+        return torch.cat([eps, v], 1).to(x.dtype)
+
+
+
+def write_idx(root, prefix, images, labels):
+    """An IDX pair <prefix>-images-idx3-ubyte.gz / -labels-idx1-ubyte.gz of uint8 images [N, H, W]."""
+    n, h, w = images.shape
+    with gzip.open(os.path.join(root, f"{prefix}-images-idx3-ubyte.gz"), "wb") as f:
+        f.write(struct.pack(">iiii", 2051, n, h, w) + images.astype(np.uint8).tobytes())
+    with gzip.open(os.path.join(root, f"{prefix}-labels-idx1-ubyte.gz"), "wb") as f:
+        f.write(struct.pack(">ii", 2049, n) + labels.astype(np.uint8).tobytes())
 
 
 # ----- training ---------------------------------------------------------------------------------------------

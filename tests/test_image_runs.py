@@ -1,9 +1,7 @@
 """An image run end to end on tiny IDX files: classifier, stats, train, eval with bits/dim and FID."""
-import gzip
 import json
 import math
 import os
-import struct
 import subprocess
 import sys
 
@@ -11,18 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import write_idx
+
 # Each test trains, samples and evaluates an image model through main.py in subprocesses.
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def write_idx(root, prefix, images, labels):
-    n, h, w = images.shape
-    with gzip.open(os.path.join(root, f"{prefix}-images-idx3-ubyte.gz"), "wb") as f:
-        f.write(struct.pack(">iiii", 2051, n, h, w) + images.astype(np.uint8).tobytes())
-    with gzip.open(os.path.join(root, f"{prefix}-labels-idx1-ubyte.gz"), "wb") as f:
-        f.write(struct.pack(">ii", 2049, n) + labels.astype(np.uint8).tobytes())
 
 
 @pytest.fixture

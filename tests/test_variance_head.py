@@ -13,42 +13,10 @@ import models
 import samplers
 import sde_lib
 from sde_lib.reverse_step import learned_range_target, posterior, reverse_variance
+from tests.helpers import GaussianHead, gaussian_step_truth as truth
 
 F64 = torch.float64
 SDES = {"linear": sde_lib.VPSDE(), "cosine": sde_lib.VPSDE(schedule="cosine")}
-
-
-def truth(sde, t, s, mu, std):
-    """(sigma*^2, v*, the mean's coefficients (m0, m1): mean = m0 + m1 x_t) of the step t -> s."""
-    (a_t, g_t), (a_s, g_s) = sde.marginal_coeffs(t), sde.marginal_coeffs(s)
-    v_t, v_s = a_t ** 2 * std ** 2 + g_t ** 2, a_s ** 2 * std ** 2 + g_s ** 2
-    a = a_t / a_s
-    optimal = posterior(sde, t, s).beta * v_s / v_t
-    return optimal, learned_range_target(sde, t, s, optimal), (a_s * mu - a * v_s / v_t * a_t * mu, a * v_s / v_t)
-
-
-class GaussianHead(nn.Module):
-    """A network with a variance head that outputs the exact eps* of N(mu, std^2) data and, for a step of
-    `grid` from t to the next time, v*; or a trainable v per step (`trainable`)."""
-
-    def __init__(self, sde, grid, mu, std, trainable=False):
-        super().__init__()
-        self.sde, self.grid, self.mu, self.std, self.learn_variance = sde, grid, mu, std, True
-        self.v = nn.Parameter(torch.zeros(len(grid), dtype=F64)) if trainable else None
-
-    def forward(self, x, label):
-        t = label.double() / 999
-        i = (self.grid - t[:, None]).abs().argmin(1)  # the step that starts at t (the last time: the decoder's)
-        a_t, g_t = (c[:, None] for c in self.sde.marginal_coeffs(t))
-        eps = g_t * (x.double() - a_t * self.mu) / (a_t ** 2 * self.std ** 2 + g_t ** 2)
-        if self.v is not None:
-            v = self.v[i][:, None].expand_as(eps)
-        else:
-            last = i == len(self.grid) - 1  # the decoder's time: v = 0 there (its fixed small variance)
-            s = self.grid[(i + 1).clamp(max=len(self.grid) - 1)]
-            v_star = truth(self.sde, t, torch.where(last, t / 2, s), self.mu, self.std)[1]
-            v = torch.where(last, 0.0, v_star)[:, None].expand_as(eps)
-        return torch.cat([eps, v], 1).to(x.dtype)
 
 
 # DDPM's 1000-step chain (its first time at 5e-4: the cosine schedule's index 1 is at T / 999 < 1e-3) and a strided one

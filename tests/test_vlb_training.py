@@ -1,10 +1,7 @@
 """Training on the chain's bound: the term sampler's estimator, the hybrid objective's stopped gradient, a
 learned variance converging to its optimum, an exact resume, and the config keys that are refused."""
-import gzip
 import json
 import math
-import os
-import struct
 
 import numpy as np
 import pytest
@@ -20,8 +17,8 @@ from score_toolkit import evaluation
 from score_toolkit import training
 from score_toolkit import validation
 from score_toolkit.vlb_losses import LossSecondMomentSampler, VLBLoss
-from tests.helpers import assert_same_state, final_weights
-from tests.test_variance_head import GaussianHead, truth
+from tests.helpers import GaussianHead, assert_same_state, final_weights, write_idx
+from tests.helpers import gaussian_step_truth as truth
 
 F64 = torch.float64
 
@@ -133,14 +130,6 @@ def test_a_per_step_v_trained_by_l_vlb_converges_to_v_star():
 
 
 # ----- training runs ------------------------------------------------------------------------------------
-
-def write_idx(root, prefix, images, labels):
-    n, h, w = images.shape
-    with gzip.open(os.path.join(root, f"{prefix}-images-idx3-ubyte.gz"), "wb") as f:
-        f.write(struct.pack(">iiii", 2051, n, h, w) + images.astype(np.uint8).tobytes())
-    with gzip.open(os.path.join(root, f"{prefix}-labels-idx1-ubyte.gz"), "wb") as f:
-        f.write(struct.pack(">ii", 2049, n) + labels.astype(np.uint8).tobytes())
-
 
 @pytest.fixture
 def tiny_images(tmp_path):

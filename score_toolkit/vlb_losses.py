@@ -148,6 +148,7 @@ class VLBLoss:
         if self.variance == "learned_range" and not model.learns_variance:
             raise ValueError("variance 'learned_range' needs a network with a variance head "
                              "(config.model.learn_variance = True)")
+        k = _levels(x0, self.n_bins, self.centered)  # the decoder's data, checked before the network call
         j, w = self.sampler.sample(B, generator)
         t = self.grid[j].to(x0.device)
         alpha, sigma = (c.to(x0.dtype) for c in self.sde.marginal_coeffs(t))
@@ -155,7 +156,7 @@ class VLBLoss:
         x_t = append_dims(alpha, x0.ndim) * x0 + append_dims(sigma, x0.ndim) * z
         F, v = model.raw_and_v(x_t, t.to(x0.dtype), **cond)
         mean_F = F.detach() if self.objective == "hybrid" else F
-        terms = self.terms(x0, j.to(x0.device), model.convert("x0", x_t, t.to(x0.dtype), mean_F), v)
+        terms = self.terms(x0, k, j.to(x0.device), model.convert("x0", x_t, t.to(x0.dtype), mean_F), v)
         per_sample = n * terms
         if self.objective == "hybrid":
             simple = eps_error(model.parametrization, F, x0, z, alpha, sigma).pow(2).flatten(1).mean(1)
@@ -164,9 +165,9 @@ class VLBLoss:
         self.sampler.update(j, per_sample)
         return per_sample.mean().to(x0.dtype)
 
-    def terms(self, x0: Tensor, j: Tensor, x0_hat: Tensor, v: Optional[Tensor]) -> Tensor:
-        """L_j [B] in bits per dimension, float64: the step KL where j < n - 1, the decoder's NLL at j = n - 1
-        (x0_hat and v at x_{t_j}; v None without a variance head)."""
+    def terms(self, x0: Tensor, k: Tensor, j: Tensor, x0_hat: Tensor, v: Optional[Tensor]) -> Tensor:
+        """L_j [B] in bits per dimension, float64: the step KL where j < n - 1, the decoder's NLL of the levels
+        k at j = n - 1 (x0_hat and v at x_{t_j}; v None without a variance head)."""
         n, out = len(self.grid), torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
         bits = x0[0].numel() * math.log(2)
         learned = self.variance == "learned_range"
@@ -180,14 +181,20 @@ class VLBLoss:
         last = (j == n - 1).nonzero().squeeze(1)
         if len(last):
             var = likelihood.decoder_variance(self.sde, self.grid, self.variance, v=v[last] if learned else None)
-            k = _levels(x0[last], self.n_bins, self.centered)
-            nll = -likelihood.discretized_gaussian_log_likelihood(
-                k, x0_hat[last].double(), var.expand_as(k).to(x0.device), n_bins=self.n_bins, centered=self.centered)
+            nll = -likelihood.discretized_gaussian_log_likelihood(k[last], x0_hat[last].double(),
+                                                                  var.expand_as(x0[last]).to(x0.device),
+                                                                  n_bins=self.n_bins, centered=self.centered)
             out = out.index_put((last,), nll / bits)
         return out
 
 
 def _levels(x0: Tensor, n_bins: int, centered: bool) -> Tensor:
-    """The integer levels k of 8-bit data x0 in model space (the inverse of `levels_to_model_space`)."""
+    """The integer levels k of data x0 in model space (the inverse of `likelihood.levels_to_model_space`); a
+    ValueError unless x0 holds such levels (to 1e-3 of a level, float32 rounding included)."""
     a, b = likelihood.data_scale(centered)
-    return torch.round((x0.double() - b) / a * (n_bins - 1)).clamp(0, n_bins - 1)
+    scaled = (x0.double() - b) / a * (n_bins - 1)
+    k = torch.round(scaled)
+    if x0.numel() and (float((scaled - k).abs().max()) > 1e-3 or float(k.min()) < 0 or float(k.max()) > n_bins - 1):
+        raise ValueError(f"x0 must hold {n_bins}-level data in model space ({'[-1, 1]' if centered else '[0, 1]'}, "
+                         f"levels_to_model_space of integer levels) for the discretised decoder of L_vlb")
+    return k

@@ -106,6 +106,22 @@ def test_the_hybrid_objective_trains_the_mean_by_l_simple_alone():
     assert float(model.net.mean.weight.grad.abs().sum()) > 0  # objective "vlb": L_vlb trains the mean too
 
 
+def test_data_that_are_not_8_bit_are_refused_before_the_network_call():
+    sde = sde_lib.VPSDE()
+
+    class Never(torch.nn.Module):
+        learn_variance = True
+
+        def forward(self, x, label):
+            raise AssertionError("called")
+
+    loss_fn = VLBLoss(sde, samplers.ddpm_strided_grid(sde, 5))
+    with pytest.raises(ValueError, match="256-level data in model space"):
+        loss_fn(models.Precond(sde, Never()), torch.full((4, 2), 0.001))
+    with pytest.raises(ValueError, match="256-level data"):
+        loss_fn(models.Precond(sde, Never()), torch.full((4, 2), 1.5))
+
+
 def test_a_per_step_v_trained_by_l_vlb_converges_to_v_star():
     """1-D Gaussian data at 8 bits (std 0.25, so the quantisation adds 1/12 (2/255)^2 to its variance),
     the exact eps*, and one trainable v per step of a 10-step chain."""

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from sde_lib import SDE, append_dims
+from sde_lib import reverse_step
 from sde_lib.checks import check_one_of, cond_keys
 from models.variance_head import split_variance
 
@@ -137,6 +138,22 @@ class Precond(nn.Module):
 
     def _output(self, which: str, x: Tensor, t: Tensor, cond: dict) -> Tensor:
         return self.convert(which, x, t, self.raw(x, t, **cond))
+
+    def reverse_kernel(self, x: Tensor, t: Tensor, s: Tensor, variance: str = "fixed_small", *,
+                       gamma=None, data_range: float = 2.0, **cond) -> Tuple[Tensor, Tensor]:
+        """The model's reverse kernel p(x_s | x_t = x) = N(mean, exp(log_var)) for a step from t to s < t
+        (float64 [B], any grid of any linear SDE), from one network call: mean = c_t x + c_0 x0_hat in x's
+        dtype, and log_var float64, [B] for the fixed and analytic variances (gamma: Gamma at t) or shaped
+        like x for "learned_range" (the variance head's v). See `sde_lib.reverse_step`."""
+        q = reverse_step.posterior(self.sde, t.double(), s.double())
+        if variance == "learned_range":
+            x0, v = self.denoise_and_v(x, t, **cond)
+        else:
+            x0, v = self.denoise(x, t, **cond), None
+        var = reverse_step.reverse_variance(self.sde, t.double(), s.double(), variance, v=v, gamma=gamma,
+                                            data_range=data_range, q=q)
+        mean = torch.addcmul(append_dims(q.c_t.to(x.dtype), x.ndim) * x, append_dims(q.c_0.to(x.dtype), x.ndim), x0)
+        return mean, var.log()
 
     def denoise_and_v(self, x: Tensor, t: Tensor, **cond) -> Tuple[Tensor, Tensor]:
         """(x0_hat, v) from one call of a network with a variance head; a ValueError without one."""

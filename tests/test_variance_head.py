@@ -40,6 +40,9 @@ def test_the_wrapper_fed_eps_star_and_v_star_gives_the_true_reverse_kernel(sched
                                rtol=1e-9, atol=0)
     mean = q.c_t[:, None] * x + q.c_0[:, None] * x0_hat
     torch.testing.assert_close(mean, m0[:, None] + m1[:, None] * x, rtol=1e-9, atol=1e-12)
+    kernel_mean, log_var = model.reverse_kernel(x, t, s, "learned_range")  # the same, from the wrapper alone
+    torch.testing.assert_close(kernel_mean, mean, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(log_var, optimal.log()[:, None].expand_as(x), rtol=1e-9, atol=1e-12)
     if std == 1.0:  # Var(x_t) = 1 at every t: the true variance is the forward step's, v* = 1
         torch.testing.assert_close(v_star, torch.ones_like(v_star), rtol=0, atol=1e-9)
     if std > 1:     # data wider than the prior: the optimum lies outside [beta~, beta]

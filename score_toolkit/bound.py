@@ -22,7 +22,7 @@ Tensor = torch.Tensor
 
 
 def uses_gamma(config) -> bool:
-    """Whether sampling or the bound needs Gamma (and so the training images it is estimated on)."""
+    """Whether sampling or the bound needs Gamma (and so the training data it is estimated on)."""
     s, e = config.sampling, config.eval
     return (s.method == "ancestral" and s.variance == "analytic") or (e.enable_bound and e.bound_variance == "analytic")
 
@@ -35,6 +35,16 @@ def sampler_times(config, sde, grid: Optional[Tensor] = None) -> Tensor:
     return grid[:-1]
 
 
+def snapshot_gamma(config, sde, model, data, device) -> Optional[Tensor]:
+    """Gamma for a training snapshot's ancestral run with analytic variances (estimated, not kept: the
+    weights change between snapshots), else None."""
+    s = config.sampling
+    if s.method != "ancestral" or s.variance != "analytic":
+        return None
+    return torch.tensor(estimate_on_data(config, sde, model, data, sampler_times(config, sde), device),
+                        dtype=torch.float64)
+
+
 def sampler_gamma(config, sde, model, data, grid: Optional[Tensor], folder: str, device) -> Tensor:
     """Gamma for the configured ancestral run (`sampler_times`), kept in <folder>/gamma.json (`gamma_for`)."""
     return gamma_for(config, sde, model, data, sampler_times(config, sde, grid), os.path.join(folder, "gamma.json"),
@@ -43,40 +53,44 @@ def sampler_gamma(config, sde, model, data, grid: Optional[Tensor], folder: str,
 
 def gamma_for(config, sde, model, data, times: Tensor, path: str, device) -> Tensor:
     """Gamma(t) = E||eps_hat(x_t, t)||^2 / d at `times` [m] (float64) for the unguided network `model`,
-    on the first sampling.gamma_images training images (noise from seed config.seed + 11,
+    on the first sampling.gamma_images training items (noise from seed config.seed + 11 on the CPU,
     `samplers.estimate_gamma`). Rank 0 estimates it once and keeps it in `path` (JSON: the values and
     the settings they depend on), read back while the settings match; every rank gets rank 0's values.
     The folder of `path` names the checkpoint step."""
-    n = min(config.sampling.gamma_images, len(data.train_uint8))
-    settings = {"times": [float(t) for t in times], "images": n, "seed": config.seed, "sde": config.sde.to_dict(),
-                "batch_size": config.eval.batch_size}
+    settings = {"times": [float(t) for t in times], "items": config.sampling.gamma_images, "seed": config.seed,
+                "sde": config.sde.to_dict(), "batch_size": config.eval.batch_size}
     values = None
     if distributed.is_main():
         values = _read(path, settings)
         if values is None:
-            values = estimate_on_data(config, sde, model, data, times, n, device)
+            values = estimate_on_data(config, sde, model, data, times, device)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             checkpoints.atomic_write_text(path, json.dumps({"settings": settings, "gamma": values}, indent=1))
     return torch.tensor(distributed.gather_dict({"gamma": values} if distributed.is_main() else {})["gamma"],
                         dtype=torch.float64)
 
 
-def estimate_on_data(config, sde, model, data, times: Tensor, n: int, device) -> list:
-    """Gamma at `times` on the first n training images (`gamma_for`, which keeps it), as a list."""
+def estimate_on_data(config, sde, model, data, times: Tensor, device) -> list:
+    """Gamma at `times` on the first sampling.gamma_images training items (`gamma_for`, which keeps it)."""
     t0 = time.perf_counter()
     score = factories.build_precond(config, sde, model)
-    x0 = data.scaler(_unit(data.train_uint8[:n])).to(device)
+    x0 = training_data(data, config.sampling.gamma_images).to(device)
+    n = len(x0)
     labels = data.train_labels
     cond = score.select({} if labels is None else {"y": labels[:n].to(device)})
     gamma = samplers.estimate_gamma(sde, score, x0, times, batch_size=config.eval.batch_size,
-                                    generator=torch.Generator(device=device).manual_seed(config.seed + 11), cond=cond)
-    logging.info("estimated Analytic-DPM's Gamma at %d times on %d training images in %.0f s",
+                                    generator=torch.Generator().manual_seed(config.seed + 11), cond=cond)
+    logging.info("estimated Analytic-DPM's Gamma at %d times on %d training items in %.0f s",
                  len(times), n, time.perf_counter() - t0)
     return gamma.tolist()
 
 
-def _unit(images: Tensor) -> Tensor:
-    return images.float() / 255.0
+def training_data(data, n: int) -> Tensor:
+    """The first n items of the training split (all, if it has fewer) in model space: images scaled from
+    their uint8 levels, or the points."""
+    if data.kind == "images":
+        return data.scaler(data.train_uint8[:n].float() / 255.0)
+    return data.train[:n]
 
 
 def _read(path: str, settings: dict) -> Optional[list]:
@@ -127,7 +141,9 @@ def heldout_bound(config, sde, model, data, out_dir: str, ckpt_step: int, batch_
         cond = score.select({} if labels is None else {"y": labels[i:stop].to(device)})
         with torch.no_grad():
             bpd, terms = likelihood.vlb_bits_per_dim(sde, score, k, grid, variance=e.bound_variance, gamma=gamma,
-                                                     seed=config.seed + 1000 + b, cond=cond)
+                                                     data_range=factories.data_range(config), n_bins=256,
+                                                     centered=config.data.centered, seed=config.seed + 1000 + b,
+                                                     cond=cond)
         log.add({"batch": b, "n": stop - i, "bpd_sum": float(bpd.sum()),
                  **{f"{part}_sum": float(terms[part].sum()) for part in ("prior", "steps", "decoder")}})
     done = distributed.gather_dict({b: log.done[b] for b in mine})

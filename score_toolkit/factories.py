@@ -8,6 +8,7 @@ fails here as a ConfigError naming the key."""
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -129,6 +130,14 @@ def build_loss(config, sde: sde_lib.SDE) -> Callable:
         raise ConfigError(f"config.training: {e}") from e
 
 
+def data_range(config) -> float:
+    """The width of the data's interval, which bounds Analytic-DPM's variance (Theorem 2): 2 for images
+    in [-1, 1], 1 in [0, 1]; unbounded for points."""
+    if config.data.kind != "images":
+        return math.inf
+    return 2.0 if config.data.centered else 1.0
+
+
 def chain_grid(sde: sde_lib.SDE, steps: int) -> Tensor:
     """The times of the discrete chain's bound: `samplers.ddpm_strided_grid` with `steps` steps, 0 for the
     SDE's whole N-step chain (N - 1 steps and the decoder at eps). The last time is sde.sampling_eps, or
@@ -195,7 +204,7 @@ def build_sampler(config, sde: sde_lib.SDE, device: torch.device, grid: Optional
     to `build_task_sampler`. `gamma`: Analytic-DPM's per-step Gamma for the ancestral sampler."""
     fn, kwargs = samplers.get_sampler(config.sampling.method), sampler_kwargs(config, grid)
     if gamma is not None:
-        kwargs["gamma"] = gamma.tolist()
+        kwargs["gamma"], kwargs["data_range"] = gamma.tolist(), data_range(config)
 
     def sample(score_fn, shape, seed, start: int = 0, cond: Optional[dict] = None):
         return fn(sde, score_fn, shape, seed=seed, device=device, cond=_on(cond, device), **kwargs)

@@ -178,11 +178,8 @@ def snapshot(state: TrainState, config, sde, data, workdir: str) -> str:
     devices = [state.device] if state.device.type == "cuda" else []
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            n, s = config.sampling.n_samples, config.sampling
-            gamma = None
-            if s.method == "ancestral" and s.variance == "analytic":  # this step's Gamma, not kept
-                gamma = torch.tensor(bound.estimate_on_data(config, sde, state.model, data, bound.sampler_times(
-                    config, sde), min(s.gamma_images, len(data.train_uint8)), state.device), dtype=torch.float64)
+            n = config.sampling.n_samples
+            gamma = bound.snapshot_gamma(config, sde, state.model, data, state.device)
             sample = factories.build_sampler(config, sde, state.device, gamma=gamma)
             x, nfe = sample(factories.build_score_fn(config, sde, state.model, state.device), data.sample_shape(n),
                             seed=config.seed + state.step, cond=factories.sample_labels(config, n))

@@ -2,6 +2,7 @@
 learned variance converging to its optimum, an exact resume, and the config keys that are refused."""
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -205,9 +206,20 @@ def test_eval_reports_the_bound_beside_the_flow_and_keeps_gamma(tiny_images, tmp
     c.sampling.variance, c.eval.bound_variance = "analytic", "analytic"
     res = evaluation.evaluate(c, str(tmp_path))
     kept = json.load(open(tmp_path / "eval" / "samples_ancestral_ckpt6" / "gamma.json"))
-    assert len(kept["gamma"]) == 4 and kept["settings"]["images"] == 16
+    assert len(kept["gamma"]) == 4 and kept["settings"]["items"] == 16
     assert len(json.load(open(tmp_path / "eval" / "gamma_bound_ckpt6.json"))["gamma"]) == 7
     assert "vlb_bits_per_dim_upper_bound (analytic, 6 steps)" in res
+
+
+def test_points_sample_ancestrally_with_analytic_variances_from_the_command_line(tmp_path):
+    from tests.helpers import small_config
+    c = small_config(**{"sampling.method": "ancestral", "sampling.variance": "analytic", "sampling.steps": 8,
+                        "sampling.gamma_images": 200})
+    training.train(c, str(tmp_path))
+    folder = evaluation.sample(c, str(tmp_path))
+    kept = json.load(open(os.path.join(folder, "gamma.json")))
+    assert len(kept["gamma"]) == 8 and all(0 < g < 1.5 for g in kept["gamma"])
+    assert evaluation.load_samples(folder).shape == (100, 2)
 
 
 @pytest.mark.parametrize("keys, key", [

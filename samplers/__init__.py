@@ -18,7 +18,8 @@ from samplers.grids import (check_grid, get_grid, karras, list_grids, quadratic,
 from samplers.ode import chooses_own_steps, ode_loop, ode_methods, ode_sample, solve_flow
 from samplers.pc import pc_loop, pc_sample
 from samplers.predictors import Predictor, get_predictor, list_predictors, register_predictor
-from samplers import adaptive, ancestral, controllable, ddim, dpm_solver, edm, fitted_grid, guidance, unipc
+from samplers import (adaptive, ancestral, controllable, ddim, dpm_solver, edm, fitted_grid, guidance, observations,
+                      particle, unipc)
 from samplers.ddim import *  # noqa: F401,F403
 from samplers.dpm_solver import *  # noqa: F401,F403
 from samplers.edm import *  # noqa: F401,F403
@@ -28,6 +29,8 @@ from samplers.unipc import *  # noqa: F401,F403
 from samplers.fitted_grid import *  # noqa: F401,F403
 from samplers.guidance import *  # noqa: F401,F403
 from samplers.controllable import *  # noqa: F401,F403
+from samplers.observations import *  # noqa: F401,F403
+from samplers.particle import *  # noqa: F401,F403
 
 __all__ = [
     "pc_sample", "pc_loop", "ode_sample", "ode_loop", "solve_flow", "ode_methods", "chooses_own_steps",
@@ -35,4 +38,5 @@ __all__ = [
     "list_grids", "get_grid", "check_grid", "register_grid", "uniform_t", "uniform_log_snr", "karras", "quadratic",
     "Predictor", "Corrector", "register_predictor", "register_corrector",
     "get_predictor", "get_corrector", "list_predictors", "list_correctors",
-] + ddim.__all__ + dpm_solver.__all__ + edm.__all__ + adaptive.__all__ + ancestral.__all__ + unipc.__all__ + fitted_grid.__all__ + guidance.__all__ + controllable.__all__
+] + ddim.__all__ + dpm_solver.__all__ + edm.__all__ + adaptive.__all__ + ancestral.__all__ + unipc.__all__ + fitted_grid.__all__ + guidance.__all__ + controllable.__all__ \
+    + observations.__all__ + particle.__all__

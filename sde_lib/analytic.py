@@ -170,3 +170,58 @@ class GaussianMixture:
         """The most probable component of each sample under p_0: [B] long."""
         comp, _ = self._component_terms(x, None, None)
         return comp.argmax(-1)
+
+    # ----- conditioning on a linear observation -----
+    def at(self, sde: SDE, t) -> "GaussianMixture":
+        """p_t as a mixture: components N(alpha mu_k, alpha^2 S_k + sigma^2 I) at the scalar time t."""
+        m, C = self._marginal(sde, torch.as_tensor(t, dtype=torch.float64).reshape(1), 1)
+        return GaussianMixture(self.weights, m[0], C[0])
+
+    def condition(self, A: Tensor, y: Tensor, sigma_y: float = 0.0) -> "GaussianMixture":
+        """The posterior p(x | y) for y = A x + sigma_y n (A [m, D], y [m], n ~ N(0, I)), a mixture again:
+        component k is N(mu_k + G_k (y - A mu_k), S_k - G_k A S_k) with G_k = S_k A^T M_k^{-1} (the Schur
+        complement), M_k = A S_k A^T + sigma_y^2 I, and weight proportional to w_k N(y; A mu_k, M_k), its
+        marginal likelihood of y. sigma_y = 0 needs every M_k invertible (A of full row rank)."""
+        A = torch.as_tensor(A, dtype=torch.float64)
+        y = torch.as_tensor(y, dtype=torch.float64).reshape(-1)
+        if A.ndim != 2 or A.shape[1] != self.dim or A.shape[0] != len(y):
+            raise ValueError(f"A must be [m, {self.dim}] and y [m]; got A {tuple(A.shape)}, y {tuple(y.shape)}")
+        if sigma_y < 0:
+            raise ValueError(f"sigma_y must be >= 0, got {sigma_y!r}")
+        M = A @ self.covs @ A.T + sigma_y ** 2 * torch.eye(len(y), dtype=torch.float64)   # [K, m, m]
+        G = self.covs @ A.T @ torch.linalg.inv(M)                                           # [K, D, m]
+        resid = y - self.means @ A.T                                                        # [K, m]
+        means = self.means + (G @ resid[..., None]).squeeze(-1)
+        covs = self.covs - G @ A @ self.covs
+        covs = 0.5 * (covs + covs.transpose(-1, -2))  # exactly symmetric, for the Cholesky factors
+        L = torch.linalg.cholesky(M)
+        sol = torch.cholesky_solve(resid[..., None], L).squeeze(-1)
+        log_lik = -0.5 * ((resid * sol).sum(-1) + 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+                          + len(y) * math.log(2 * math.pi))
+        log_w = torch.log(self.weights) + log_lik
+        return _Conditioned(torch.softmax(log_w, 0), means, covs)
+
+    def mean(self) -> Tensor:
+        """E[x] [D], float64."""
+        return self.weights @ self.means
+
+    def covariance(self) -> Tensor:
+        """Cov[x] [D, D], float64: the components' covariances and the spread of their means."""
+        d = self.means - self.mean()
+        return torch.einsum("k,kij->ij", self.weights, self.covs) + torch.einsum("k,ki,kj->ij", self.weights, d, d)
+
+
+class _Conditioned(GaussianMixture):
+    """A posterior mixture whose components may be degenerate (a noiseless observation fixes directions):
+    its covariances are positive semi-definite, so sampling adds a tiny jitter to factorise them."""
+
+    def __init__(self, weights, means, covs):
+        self.weights, self.means, self.covs, self.dim = weights, means, covs, means.shape[1]
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None, return_labels: bool = False):
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        vals, vecs = torch.linalg.eigh(self.covs)
+        root = vecs * vals.clamp(min=0).sqrt()[:, None, :]
+        x = self.means[k] + (root[k] @ z.unsqueeze(-1)).squeeze(-1)
+        return (x.float(), k) if return_labels else x.float()

@@ -80,8 +80,9 @@ def particle_posterior_sample(sde: SDE, score_fn, shape: Sequence[int], observat
     score = GuardedScore(score_fn, cond)
     x = start(sde, (B * N, *shape[1:]), None, g, device, dtype)
     grid, y_bar = grid.to(x.device), observation.ut(y.to(x.device, torch.float64))[:, :observation.r]
-    s_i = observation.singulars.to(x.device)
-    log_w = _log_twist(sde, observation.vt(x).double(), y_bar, s_i, grid[0], sigma_y, N, final=False)
+    s_i, y_rep = observation.singulars.to(x.device), y_bar.repeat_interleave(N, 0)  # y_rep: y_bar of every particle
+    x_bar = observation.vt(x).double()  # the particles in the SVD basis, kept beside x
+    log_w = _log_twist(sde, x_bar, y_rep, s_i, grid[0], sigma_y)
     ess, resampled = [], []
     for i in trange(n, disable=not progress, desc="particle_posterior_sample"):
         t, s = grid[i].expand(B * N), grid[i + 1].expand(B * N)
@@ -92,17 +93,16 @@ def particle_posterior_sample(sde: SDE, score_fn, shape: Sequence[int], observat
         mu_bar = observation.vt(torch.addcmul(coeff(q.c_t, x) * x, coeff(q.c_0, x), x0)).double()
         final = i == n - 1
         b, tau2 = _twist_coeffs(sde, grid[i + 1], sigma_y, s_i, final)
-        log_Z = _log_normal(y_bar.repeat_interleave(N, 0), b * s_i * mu_bar[:, :observation.r],
-                            tau2 + (b * s_i) ** 2 * var).sum(1)
-        log_w = log_w + log_Z - _log_twist(sde, observation.vt(x).double(), y_bar, s_i, grid[i], sigma_y, N,
-                                           final=False)
+        log_Z = _log_normal(y_rep, b * s_i * mu_bar[:, :observation.r], tau2 + (b * s_i) ** 2 * var).sum(1)
+        log_w = log_w + log_Z - _log_twist(sde, x_bar, y_rep, s_i, grid[i], sigma_y)
         e = _ess(log_w.reshape(B, N))
         ess.append(float(e.mean()))
         if bool((e < ess_threshold * N).any()):
             idx = _systematic(log_w.reshape(B, N), g)
             mu_bar, log_w = mu_bar[idx], torch.zeros_like(log_w)
             resampled.append(i)
-        x = observation.v(_propose(mu_bar, y_bar.repeat_interleave(N, 0), s_i, b, tau2, var, g).to(x.dtype))
+        x_bar = _propose(mu_bar, y_rep, s_i, b, tau2, var, g)
+        x = observation.v(x_bar.to(x.dtype))
     w = torch.softmax(log_w.reshape(B, N), 1)
     pick = torch.multinomial(w.to(x.device), 1, generator=g).squeeze(1) + torch.arange(B, device=x.device) * N
     info = {"network_calls": score.nfe, "network_evaluations_per_sample": score.nfe * N, "ess": ess,
@@ -139,10 +139,10 @@ def _twist_coeffs(sde: SDE, t: Tensor, sigma_y: float, s_i: Tensor, final: bool)
     return 1.0 / alpha, sigma_y ** 2 + (s_i * sigma / alpha) ** 2
 
 
-def _log_twist(sde, x_bar, y_bar, s_i, t, sigma_y, N, final) -> Tensor:
-    """log h_t(x_t) [B N] for spectral particles x_bar [B N, d]."""
-    b, tau2 = _twist_coeffs(sde, t, sigma_y, s_i, final)
-    return _log_normal(y_bar.repeat_interleave(N, 0), b * s_i * x_bar[:, :len(s_i)], tau2).sum(1)
+def _log_twist(sde, x_bar, y_rep, s_i, t, sigma_y) -> Tensor:
+    """log h_t(x_t) [B N] for spectral particles x_bar [B N, d] (y_rep: each particle's y_bar [B N, r])."""
+    b, tau2 = _twist_coeffs(sde, t, sigma_y, s_i, final=False)
+    return _log_normal(y_rep, b * s_i * x_bar[:, :len(s_i)], tau2).sum(1)
 
 
 def _log_normal(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:

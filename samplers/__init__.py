@@ -9,7 +9,9 @@ score_fn(x, t, **cond); `options` are the sampler's own (eta=, order=, ...), and
 take is an error. Each sampler is a loop `<name>_loop(sde, score, x, grid, ...)` that steps along a
 time grid, set up by `samplers.base.sampler` (checks, grid, prior draw, generator, final denoising).
 `list_samplers()` names them; `list_grids()` names the time grids every sampler takes; `fit_grid`
-fits a grid to one model, sampler and step budget.
+fits a grid to one model, sampler and step budget. Posterior samplers for inverse problems y = A x +
+noise (`posterior_sample(method, ...)`, `list_posterior_samplers()`) share a calling convention of their
+own, given in `samplers.posterior_base`.
 """
 from samplers.base import check_options, get_sampler, list_samplers, probe, sampler, sampler_info
 from samplers.correctors import Corrector, get_corrector, list_correctors, register_corrector
@@ -18,8 +20,8 @@ from samplers.grids import (check_grid, get_grid, karras, list_grids, quadratic,
 from samplers.ode import chooses_own_steps, ode_loop, ode_methods, ode_sample, solve_flow
 from samplers.pc import pc_loop, pc_sample
 from samplers.predictors import Predictor, get_predictor, list_predictors, register_predictor
-from samplers import (adaptive, ancestral, controllable, ddim, dpm_solver, edm, fitted_grid, guidance, observations,
-                      particle, unipc)
+from samplers import (adaptive, ancestral, controllable, ddim, ddrm, dpm_solver, edm, fitted_grid, guidance,
+                      guided_posterior, observations, particle, posterior, unipc)
 from samplers.ddim import *  # noqa: F401,F403
 from samplers.dpm_solver import *  # noqa: F401,F403
 from samplers.edm import *  # noqa: F401,F403
@@ -31,6 +33,9 @@ from samplers.guidance import *  # noqa: F401,F403
 from samplers.controllable import *  # noqa: F401,F403
 from samplers.observations import *  # noqa: F401,F403
 from samplers.particle import *  # noqa: F401,F403
+from samplers.ddrm import *  # noqa: F401,F403
+from samplers.guided_posterior import *  # noqa: F401,F403
+from samplers.posterior import *  # noqa: F401,F403
 
 __all__ = [
     "pc_sample", "pc_loop", "ode_sample", "ode_loop", "solve_flow", "ode_methods", "chooses_own_steps",
@@ -39,4 +44,4 @@ __all__ = [
     "Predictor", "Corrector", "register_predictor", "register_corrector",
     "get_predictor", "get_corrector", "list_predictors", "list_correctors",
 ] + ddim.__all__ + dpm_solver.__all__ + edm.__all__ + adaptive.__all__ + ancestral.__all__ + unipc.__all__ + fitted_grid.__all__ + guidance.__all__ + controllable.__all__ \
-    + observations.__all__ + particle.__all__
+    + observations.__all__ + particle.__all__ + ddrm.__all__ + guided_posterior.__all__ + posterior.__all__

@@ -10,6 +10,10 @@ posterior samplers work coordinate-wise in that basis, where an isotropic Gaussi
   Inpainting(mask)            y = the observed entries of x (mask 1 = known), S = 1
   AveragePooling(shape, f)    y = the mean of every f x f block of each channel (super-resolution), S = 1 / f
   MatrixObservation(A)        any [m, d] matrix, by torch.linalg.svd (small problems)
+  OperatorObservation(fn, m)  any linear map given as a function, with no SVD (for DPS alone)
+
+`check_problem` is every solver's check of (observation, y, shape, sigma_y), made before its first
+network call.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from typing import Sequence
 import torch
 
 Tensor = torch.Tensor
-__all__ = ["LinearObservation", "Inpainting", "AveragePooling", "MatrixObservation"]
+__all__ = ["LinearObservation", "Inpainting", "AveragePooling", "MatrixObservation", "OperatorObservation",
+           "check_problem"]
 
 
 class LinearObservation:
@@ -28,6 +33,7 @@ class LinearObservation:
     shape: tuple
     m: int
     singulars: Tensor
+    has_svd = True
 
     @property
     def d(self) -> int:
@@ -172,3 +178,55 @@ class MatrixObservation(LinearObservation):
 
     def u(self, z: Tensor) -> Tensor:
         return z @ self.U.T.to(z.dtype)
+
+
+class OperatorObservation(LinearObservation):
+    """y = fn(x) for a linear function fn: [B, *shape] -> [B, m] given as code (a blur, a Radon transform),
+    with no SVD: solvers that work in the SVD basis (particle, DDRM, Pi-GDM) refuse it; DPS needs only A.
+    The adjoint is fn's vector-Jacobian product (exact for a linear fn)."""
+
+    has_svd = False
+
+    def __init__(self, fn, shape: Sequence[int], m: int):
+        if not callable(fn):
+            raise TypeError(f"fn must be a callable linear map x [B, *shape] -> y [B, m], got {type(fn).__name__}")
+        self.fn, self.shape, self.m = fn, tuple(int(s) for s in shape), int(m)
+
+    @property
+    def r(self) -> int:
+        raise ValueError(f"{type(self).__name__} has no SVD, so no rank")
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self.check_x(x)
+        out = self.fn(x)
+        if not torch.is_tensor(out) or tuple(out.shape) != (x.shape[0], self.m):
+            got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+            raise ValueError(f"the observation's fn returned {got} for x of shape {tuple(x.shape)}; it must return "
+                             f"[B, m] = [{x.shape[0]}, {self.m}]")
+        return out
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        self.check_y(y)
+        with torch.enable_grad():
+            x = torch.zeros(y.shape[0], *self.shape, dtype=y.dtype, device=y.device, requires_grad=True)
+            return torch.autograd.grad(self(x), x, y)[0]
+
+
+def check_problem(observation, y, shape: Sequence[int], sigma_y, solver: str, needs_svd: bool = True) -> None:
+    """Every check of an inverse problem before the first network call: the observation's type (and its
+    SVD where `solver` works in that basis), x's shape against A, y [B, m], and sigma_y >= 0."""
+    if not isinstance(observation, LinearObservation):
+        raise TypeError(f"observation must be a samplers.observations.LinearObservation, got {type(observation).__name__}")
+    if needs_svd and not observation.has_svd:
+        raise ValueError(f"{solver} works in the SVD basis of A, and {type(observation).__name__} has no SVD: give A as "
+                         "a MatrixObservation (small problems) or one of the structured operators, or use 'dps'")
+    if tuple(shape[1:]) != tuple(observation.shape):
+        raise ValueError(f"shape {tuple(shape)} does not match the observation's x shape [B, {observation.shape}]")
+    if not torch.is_tensor(y) or y.ndim != 2 or y.shape != (shape[0], observation.m):
+        got = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
+        raise ValueError(f"y must be [B, m] = [{shape[0]}, {observation.m}] (one observation per posterior sample), "
+                         f"got {got}")
+    if not torch.is_floating_point(y) or not bool(torch.isfinite(y).all()):
+        raise ValueError("y must hold finite floating-point values")
+    if isinstance(sigma_y, bool) or not (isinstance(sigma_y, (int, float)) and math.isfinite(sigma_y) and sigma_y >= 0):
+        raise ValueError(f"sigma_y must be a finite number >= 0, got {sigma_y!r}")

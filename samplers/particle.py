@@ -39,11 +39,11 @@ import torch
 from tqdm.auto import trange
 
 from sde_lib import SDE
-from sde_lib.checks import check_cond, check_one_of
+from sde_lib.checks import check_one_of
 from sde_lib.reverse_step import posterior, reverse_variance
-from samplers.base import coeff, sampler_info, start
-from samplers.guards import GuardedScore, check_device, make_generator
+from samplers.base import coeff, sampler_info
 from samplers.observations import LinearObservation
+from samplers.posterior_base import setup
 
 Tensor = torch.Tensor
 __all__ = ["particle_posterior_sample"]
@@ -67,20 +67,17 @@ def particle_posterior_sample(sde: SDE, score_fn, shape: Sequence[int], observat
     the steps that resampled; with return_particles, info["particles"] [B, particles, *shape] and
     info["weights"] [B, particles] (normalised) as well.
     """
-    B, N = int(shape[0]), _check_args(observation, y, shape, sigma_y, particles, ess_threshold)
+    B, N = int(shape[0]), _check_particles(particles, ess_threshold)
     check_one_of("variance", variance, _VARIANCES)
-    grid, _ = sampler_info("ancestral").times(sde, steps, grid, eps, {})
-    n = len(grid) - 1
+    n = _steps_of(sde, steps, grid, eps)
     if variance == "analytic" and (gamma is None or len(gamma) != n):
         raise ValueError(f"variance 'analytic' needs gamma, one E||eps_hat||^2 / d per step ({n} here), got "
                          f"{None if gamma is None else len(gamma)}")
-    device = check_device(device)
-    g = make_generator(generator, seed, device)
-    cond = {k: v.repeat_interleave(N, 0) for k, v in check_cond(score_fn, cond, B).items()}
-    score = GuardedScore(score_fn, cond)
-    x = start(sde, (B * N, *shape[1:]), None, g, device, dtype)
-    grid, y_bar = grid.to(x.device), observation.ut(y.to(x.device, torch.float64))[:, :observation.r]
-    s_i, y_rep = observation.singulars.to(x.device), y_bar.repeat_interleave(N, 0)  # y_rep: y_bar of every particle
+    run = setup(sde, score_fn, shape, observation, y, sigma_y, solver="particle", steps=steps, grid=grid, eps=eps,
+                seed=seed, generator=generator, device=device, dtype=dtype, cond=cond, repeat=N)
+    grid, g, score, x = run.grid, run.generator, run.score, run.x
+    s_i = observation.singulars.to(x.device)
+    y_rep = run.y_bar.repeat_interleave(N, 0)  # y_bar of every particle
     x_bar = observation.vt(x).double()  # the particles in the SVD basis, kept beside x
     log_w = _log_twist(sde, x_bar, y_rep, s_i, grid[0], sigma_y)
     ess, resampled = [], []
@@ -105,30 +102,25 @@ def particle_posterior_sample(sde: SDE, score_fn, shape: Sequence[int], observat
         x = observation.v(x_bar.to(x.dtype))
     w = torch.softmax(log_w.reshape(B, N), 1)
     pick = torch.multinomial(w.to(x.device), 1, generator=g).squeeze(1) + torch.arange(B, device=x.device) * N
-    info = {"network_calls": score.nfe, "network_evaluations_per_sample": score.nfe * N, "ess": ess,
-            "resampled": resampled, "particles_per_sample": N}
+    info = {"network_calls": score.nfe, "network_evaluations_per_sample": score.nfe * N, "backward_passes": 0,
+            "ess": ess, "resampled": resampled, "particles_per_sample": N, "t": float(grid[-1])}
     if return_particles:
         info["particles"], info["weights"] = x.reshape(B, N, *shape[1:]), w
     return x[pick], info
 
 
-def _check_args(observation, y, shape, sigma_y, particles, ess_threshold) -> int:
-    """Every argument check before the first network call; returns the particle count."""
-    if not isinstance(observation, LinearObservation):
-        raise TypeError(f"observation must be a samplers.observations.LinearObservation, got {type(observation).__name__}")
-    if tuple(shape[1:]) != tuple(observation.shape):
-        raise ValueError(f"shape {tuple(shape)} does not match the observation's x shape [B, {observation.shape}]")
-    if not torch.is_tensor(y) or y.ndim != 2 or y.shape != (shape[0], observation.m):
-        got = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
-        raise ValueError(f"y must be [B, m] = [{shape[0]}, {observation.m}] (one observation per posterior sample), "
-                         f"got {got}")
-    if not (isinstance(sigma_y, (int, float)) and math.isfinite(sigma_y) and sigma_y >= 0):
-        raise ValueError(f"sigma_y must be a finite number >= 0, got {sigma_y!r}")
+def _check_particles(particles, ess_threshold) -> int:
+    """The particle count, checked with the resampling threshold."""
     if not isinstance(particles, int) or isinstance(particles, bool) or particles < 1:
         raise ValueError(f"particles must be an integer >= 1, got {particles!r}")
     if not 0 <= ess_threshold <= 1:
         raise ValueError(f"ess_threshold must lie in [0, 1] (a share of the particles), got {ess_threshold!r}")
     return particles
+
+
+def _steps_of(sde: SDE, steps, grid, eps) -> int:
+    """The number of steps the grid arguments give (for the length of gamma, checked before the set-up)."""
+    return len(sampler_info("ancestral").times(sde, steps, grid, eps, {})[0]) - 1
 
 
 def _twist_coeffs(sde: SDE, t: Tensor, sigma_y: float, s_i: Tensor, final: bool):

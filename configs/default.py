@@ -108,11 +108,22 @@ def get_default_config() -> ml_collections.ConfigDict:
     sampling.guidance_scale = 0.0 # w: (1 + w) s(x, t, y) - w s(x, t, null), or the classifier gradient's scale
     sampling.classifier_path = "" # a noise-conditional classifier written by --mode noisy_classifier
     sampling.classifier_steps = 2000  # its training steps
-    # Controllable generation (images): complete an observed image with any sampler but "adaptive".
-    sampling.task = "none"        # none | inpaint | colorize
-    sampling.observed = ""        # the observed image(s): a .png, or a .npz of uint8 "samples" [N, C, H, W]
-    sampling.mask = "right"       # inpaint: the part to fill in: left | right | top | bottom | center, or a mask .png/.npz (1 = known)
+    # Inverse problems (images; score_toolkit/inverse_problems.py): sample x given y = A x + sigma_y n of the
+    # observed images. sampling.method: a posterior sampler (particle | ddrm | pigdm | dps), or for inpaint and
+    # colorize any sampler but "adaptive", which then completes the image by replacement (RePaint with resample > 1).
+    sampling.task = "none"        # none | inpaint | colorize | superres | linear
+    sampling.observed = ""        # the observed image(s) at the data's size: a .png, or a .npz of uint8 "samples" [N, C, H, W]
+    sampling.mask = "right"       # inpaint: the part to fill in: left | right | top | bottom | center | random75
+                                  # (3/4 of the pixels), or a mask .png/.npz (1 = known)
     sampling.resample = 1         # RePaint's resampling passes per interval (1: score_sde's replacement)
+    sampling.sigma_y = 0.0        # posterior samplers: the observation noise's std, in model space
+    sampling.sr_factor = 4        # superres: y = the means of sr_factor x sr_factor blocks
+    sampling.matrix = ""          # linear: a .npz holding A [m, C H W], acting on model-space images
+    sampling.particles = 16       # particle: particles per sample (a batch runs batch_size x particles rows)
+    sampling.ddrm_eta = "0.85"    # ddrm: eta in [0, 1] (the paper's 0.85), or "markov" (samplers/ddrm.py)
+    sampling.ddrm_eta_b = 1.0     # ddrm: eta_b in [0, 1]
+    sampling.pigdm_eta = 1.0      # pigdm: the DDIM step's eta (1: ancestral)
+    sampling.dps_zeta = 1.0       # dps: the step size on grad ||y - A x0_hat||
     sampling.predictor = "reverse_diffusion"
     sampling.corrector = "langevin"
     sampling.snr = 0.16

@@ -9,6 +9,7 @@ posterior samplers work coordinate-wise in that basis, where an isotropic Gaussi
 
   Inpainting(mask)            y = the observed entries of x (mask 1 = known), S = 1
   AveragePooling(shape, f)    y = the mean of every f x f block of each channel (super-resolution), S = 1 / f
+  Colorization(shape)         y = the mean over the C channels of every pixel (gray levels), S = 1 / sqrt(C)
   MatrixObservation(A)        any [m, d] matrix, by torch.linalg.svd (small problems)
   OperatorObservation(fn, m)  any linear map given as a function, with no SVD (for DPS alone)
 
@@ -23,8 +24,8 @@ from typing import Sequence
 import torch
 
 Tensor = torch.Tensor
-__all__ = ["LinearObservation", "Inpainting", "AveragePooling", "MatrixObservation", "OperatorObservation",
-           "check_problem"]
+__all__ = ["LinearObservation", "Inpainting", "AveragePooling", "Colorization", "MatrixObservation",
+           "OperatorObservation", "check_problem"]
 
 
 class LinearObservation:
@@ -143,6 +144,35 @@ class AveragePooling(LinearObservation):
         ff = self.f * self.f
         coef = torch.cat([z[:, :self.m, None], z[:, self.m:].reshape(z.shape[0], self.m, ff - 1)], 2)
         return self._from_blocks(coef @ self.basis.to(z.dtype))
+
+    def ut(self, y: Tensor) -> Tensor:
+        return y
+
+    def u(self, z: Tensor) -> Tensor:
+        return z
+
+
+class Colorization(LinearObservation):
+    """y = the mean over the channels of x [B, C, H, W] at every pixel: y [B, H W]. The mean is 1 / sqrt(C)
+    times the pixel's coordinate along the unit constant vector of R^C (S = 1 / sqrt(C)); the other C - 1
+    directions, the colours, are unobserved."""
+
+    def __init__(self, shape: Sequence[int]):
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3 or shape[0] < 2:
+            raise ValueError(f"Colorization needs shape (C, H, W) with C >= 2 channels, got {shape}")
+        self.shape, (C, H, W) = shape, shape
+        self.m, self.basis = H * W, _block_basis(C)
+        self.singulars = torch.full((self.m,), 1.0 / math.sqrt(C), dtype=torch.float64)
+
+    def vt(self, x: Tensor) -> Tensor:
+        coef = x.reshape(x.shape[0], self.shape[0], self.m).transpose(1, 2) @ self.basis.T.to(x.dtype)  # [B, HW, C]
+        return torch.cat([coef[..., 0], coef[..., 1:].reshape(x.shape[0], -1)], 1)
+
+    def v(self, z: Tensor) -> Tensor:
+        C = self.shape[0]
+        coef = torch.cat([z[:, :self.m, None], z[:, self.m:].reshape(z.shape[0], self.m, C - 1)], 2)
+        return (coef @ self.basis.to(z.dtype)).transpose(1, 2).reshape(z.shape[0], *self.shape)
 
     def ut(self, y: Tensor) -> Tensor:
         return y

@@ -159,7 +159,7 @@ class ImageData:
         return likelihood.nats_from_bits(bpd, k[0].numel()), bpd, nfe
 
 
-MASKS = ("left", "right", "top", "bottom", "center")
+MASKS = ("left", "right", "top", "bottom", "center", "random75")
 
 
 def load_observed(path: str, shape: Tuple[int, int, int]) -> Tensor:
@@ -185,8 +185,14 @@ def load_observed(path: str, shape: Tuple[int, int, int]) -> Tensor:
 
 
 def inpainting_mask(spec: str, shape: Tuple[int, int, int]) -> Tensor:
-    """The known part [C, H, W] (1 = known): a named half or centre square, or a .png/.npz mask."""
+    """The known part [C, H, W] (1 = known): a named half or centre square, "random75" (a fixed random
+    quarter of the pixels known), or a .png/.npz mask."""
     C, H, W = shape
+    if spec == "random75":  # 3/4 of the pixels hidden, the same ones for every image and run
+        hidden = torch.rand(H, W, generator=torch.Generator().manual_seed(0)).flatten().argsort()[:3 * H * W // 4]
+        m = torch.zeros(H * W)
+        m[hidden] = 1
+        return (1 - m.reshape(H, W)).expand(C, H, W).clone()
     if spec in MASKS:
         m = torch.zeros(H, W)
         regions = {"left": (slice(None), slice(0, W // 2)), "right": (slice(None), slice(W // 2, None)),
@@ -208,6 +214,23 @@ def inpainting_mask(spec: str, shape: Tuple[int, int, int]) -> Tensor:
     if mask.shape[-2:] != (H, W):
         raise ValueError(f"config.sampling.mask = {spec!r} has shape {tuple(mask.shape)}; the images are {(C, H, W)}")
     return (mask > 0).float().expand(C, H, W).clone()
+
+
+def load_matrix(path: str, d: int) -> Tensor:
+    """The observation matrix A [m, d] (float64) of sampling.task = "linear", from a .npz holding "A" (or
+    its one array); a file that does not read, or an A that does not act on d values, names itself."""
+    if not path or not os.path.isfile(path):
+        raise ValueError(f"config.sampling.matrix = {path!r} must name a .npz file holding A [m, {d}] for "
+                         "sampling.task = 'linear'")
+    try:
+        with np.load(path) as f:
+            A = torch.from_numpy(np.asarray(f["A"] if "A" in f else f[f.files[0]], dtype=np.float64))
+    except (OSError, ValueError, IndexError, zipfile.BadZipFile) as e:
+        raise BadFileError(f"{path}: not a readable .npz matrix ({str(e).splitlines()[0]})") from e
+    if A.ndim != 2 or A.shape[1] != d or not bool(torch.isfinite(A).all()):
+        raise ValueError(f"config.sampling.matrix = {path!r} holds an array of shape {tuple(A.shape)}; A must be "
+                         f"a finite matrix [m, {d}] acting on the image's {d} values")
+    return A
 
 
 def _labels(labels: Optional[Tensor], idx: Tensor) -> Dict[str, Tensor]:

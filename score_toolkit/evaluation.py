@@ -31,6 +31,7 @@ from score_toolkit import data_lib
 from score_toolkit import distributed
 from score_toolkit import factories
 from score_toolkit import image_data
+from score_toolkit import inverse_problems
 from score_toolkit import run_config
 from score_toolkit import runtime
 from score_toolkit import validation
@@ -299,14 +300,18 @@ def local_device(config) -> torch.device:
 
 
 def _task_sampler(config, sde, data, device: torch.device):
-    """The inpainting / colorization sampler of config.sampling.task on `device`, on the observed images."""
+    """The sampler of config.sampling.task on `device`, on the observed images: a posterior sampler, or
+    inpainting / colorization by replacement."""
     shape = data.sample_shape(1)[1:]
     try:
         observed = data_lib.load_observed(config.sampling.observed, shape)
         mask = data_lib.inpainting_mask(config.sampling.mask, shape) if config.sampling.task == "inpaint" else None
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    return factories.build_task_sampler(config, sde, device, data.scaler(image_data.to_unit_interval(observed)), mask)
+    observed = data.scaler(image_data.to_unit_interval(observed))
+    if inverse_problems.uses_posterior_sampler(config):
+        return inverse_problems.build_posterior_sampler(config, sde, device, observed, mask)
+    return factories.build_task_sampler(config, sde, device, observed, mask)
 
 
 def _sample_settings(config, size: int) -> str:

@@ -15,6 +15,7 @@ import torch
 from score_toolkit import data_lib
 from score_toolkit import factories
 from score_toolkit import image_data
+from score_toolkit import inverse_problems
 from score_toolkit import runtime
 from score_toolkit import toy_data
 from score_toolkit import vlb_losses
@@ -101,7 +102,7 @@ def _validate_speed_options(config) -> None:
 
 
 def _validate_sampling(config) -> None:
-    _one_of(config, "sampling.method", samplers.list_samplers())
+    _one_of(config, "sampling.method", samplers.list_samplers() + list(inverse_problems.SOLVERS))
     _one_of(config, "sampling.predictor", samplers.list_predictors())
     _one_of(config, "sampling.corrector", samplers.list_correctors())
     _one_of(config, "sampling.ode_method", samplers.ode_methods())
@@ -119,6 +120,8 @@ def _validate_sampler_options(config) -> None:
     """The configured sampler's options through the checks the research API runs (`samplers.probe`:
     no network call), so a value that cannot work is refused before any folder is made, naming its key."""
     s, sde = config.sampling, factories.build_sde(config)
+    if s.method in inverse_problems.SOLVERS:
+        return  # checked with its observation by _validate_task
     try:
         if s.task == "none":
             kwargs = factories.sampler_kwargs(config)
@@ -205,28 +208,39 @@ def _validate_fitted_grid(config) -> None:
 
 
 def _validate_task(config) -> None:
-    """Inpainting and colorization: image data, an observation file, and a sampler that steps one interval."""
+    """Inverse problems: image data, an observation file, and a sampler that can do the task, every
+    posterior sampler's check made on a stand-in observation (`inverse_problems.validate`)."""
     s = config.sampling
-    _one_of(config, "sampling.task", ("none", "inpaint", "colorize"))
+    _one_of(config, "sampling.task", ("none",) + inverse_problems.TASKS)
     _positive(config, "sampling.resample", integer=True)
     if s.task == "none":
+        require(s.method not in inverse_problems.SOLVERS, "sampling.method", s.method,
+                f"is a posterior sampler; it needs sampling.task, one of {list(inverse_problems.TASKS)}")
         return
     require(config.data.kind == "images", "sampling.task", s.task, "needs image data (config.data.kind = 'images')")
     require(bool(s.observed) and os.path.isfile(s.observed), "sampling.observed", s.observed,
             f"must name an image file (.png, or .npz of uint8 'samples') for sampling.task = {s.task!r}")
-    own_steps = samplers.sampler_info(s.method).own_steps(factories.sampler_options(config))
-    require(not own_steps, "sampling.method", s.method,
-            "must step one grid interval at a time for inpainting: any sampler but 'adaptive' ('ode' with a "
-            "fixed-step sampling.ode_method such as 'rk4')")
+    posterior = s.method in inverse_problems.SOLVERS
+    require(posterior or s.task in ("inpaint", "colorize"), "sampling.method", s.method,
+            f"does replacement, which needs known pixels; sampling.task = {s.task!r} needs a posterior sampler, one "
+            f"of {list(inverse_problems.SOLVERS)}")
+    if not posterior:
+        own_steps = samplers.sampler_info(s.method).own_steps(factories.sampler_options(config))
+        require(not own_steps, "sampling.method", s.method,
+                "must step one grid interval at a time for inpainting: any sampler but 'adaptive' ('ode' with a "
+                "fixed-step sampling.ode_method such as 'rk4')")
     if s.task == "colorize":
         require(config.data.num_channels == 3, "sampling.task", s.task, "colorization needs 3-channel images")
     shape = (config.data.num_channels, config.data.image_size, config.data.image_size)
     try:  # shapes and mask names now, before any work
         data_lib.load_observed(s.observed, shape)
-        if s.task == "inpaint":
-            data_lib.inpainting_mask(s.mask, shape)
+        mask = data_lib.inpainting_mask(s.mask, shape) if s.task == "inpaint" else None
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    if posterior:
+        _positive(config, "sampling.sigma_y", allow_zero=True)
+        _positive(config, "sampling.particles", integer=True)
+        inverse_problems.validate(config, factories.build_sde(config), shape, mask)
 
 
 def _validate_guidance(config) -> None:

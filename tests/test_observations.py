@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sde_lib
-from samplers.observations import AveragePooling, Inpainting, MatrixObservation
+from samplers.observations import AveragePooling, Colorization, Inpainting, MatrixObservation
 from sde_lib import GaussianMixture
 
 F64 = torch.float64
@@ -14,12 +14,12 @@ F64 = torch.float64
 def operators():
     g = torch.Generator().manual_seed(0)
     mask = torch.rand(2, 4, 4, generator=g) < 0.4
-    return {"inpaint": Inpainting(mask), "pool": AveragePooling((2, 4, 4), 2),
+    return {"inpaint": Inpainting(mask), "pool": AveragePooling((2, 4, 4), 2), "color": Colorization((3, 2, 4)),
             "matrix": MatrixObservation(torch.randn(5, 8, generator=g, dtype=F64)),
             "wide": MatrixObservation(torch.randn(3, 2, generator=g, dtype=F64) @ torch.randn(2, 6, generator=g, dtype=F64))}
 
 
-@pytest.mark.parametrize("name", ["inpaint", "pool", "matrix", "wide"])
+@pytest.mark.parametrize("name", ["inpaint", "pool", "color", "matrix", "wide"])
 def test_each_operator_is_its_svd(name):
     op = operators()[name]
     A = op.matrix()
@@ -46,6 +46,11 @@ def test_average_pooling_is_the_block_mean():
     torch.testing.assert_close(op(x), torch.nn.functional.avg_pool2d(x, 2).reshape(1, -1))
 
 
+def test_colorization_is_the_channel_mean():
+    x = torch.randn(2, 3, 2, 4, dtype=F64, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(Colorization((3, 2, 4))(x), x.mean(1).reshape(2, -1))
+
+
 def test_bad_operators_are_refused():
     with pytest.raises(ValueError, match="mask must hold 0 and 1"):
         Inpainting(torch.tensor([0.5, 1.0]))
@@ -53,6 +58,8 @@ def test_bad_operators_are_refused():
         Inpainting(torch.zeros(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="divisible by an integer factor"):
         AveragePooling((1, 6, 6), 4)
+    with pytest.raises(ValueError, match="Colorization needs shape"):
+        Colorization((1, 4, 4))
     with pytest.raises(ValueError, match="A is zero"):
         MatrixObservation(torch.zeros(2, 3))
     op = Inpainting(torch.tensor([True, False]))

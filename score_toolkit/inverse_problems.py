@@ -14,6 +14,7 @@ pigdm_eta and dps_zeta the solvers' own options.
 """
 from __future__ import annotations
 
+import logging
 import re
 from typing import Optional
 
@@ -87,8 +88,14 @@ def build_posterior_sampler(config, sde: sde_lib.SDE, device: torch.device, obse
     def sample(score_fn, shape, seed, start: int = 0, cond: Optional[dict] = None):
         y = ys[torch.arange(start, start + shape[0]) % len(ys)].to(device)
         cond = {k: v.to(device) for k, v in (cond or {}).items()}
-        return samplers.posterior_sample(config.sampling.method, sde, score_fn, shape, op, y, seed=seed,
-                                         device=device, cond=cond, **options)
+        x, info = samplers.posterior_sample(config.sampling.method, sde, score_fn, shape, op, y, seed=seed,
+                                            device=device, cond=cond, **options)
+        logging.info("%s (%s) from sample %d: %d samples, %d network evaluations and %d backward passes a sample%s",
+                     config.sampling.method, config.sampling.task, start, shape[0],
+                     info["network_evaluations_per_sample"], info["backward_passes"],
+                     f", mean ESS {sum(info['ess']) / len(info['ess']):.1f} of {info['particles_per_sample']}"
+                     if "ess" in info else "")
+        return x, info
 
     return sample
 

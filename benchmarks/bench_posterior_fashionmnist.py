@@ -107,7 +107,8 @@ def main() -> None:
     truth_u8, labels = data.test_uint8[:args.n_images], data.test_labels[:args.n_images]
     truth = data.scaler(image_data.to_unit_interval(truth_u8)).float()
     shape = tuple(truth.shape[1:])
-    feats, probs = classifier.features_and_probabilities(truth_u8)
+    with torch.no_grad():
+        feats, probs = classifier.features_and_probabilities(truth_u8)
     emit({"task": "none", "method": "the true images", "n_images": len(truth_u8),
           "accuracy": round(float((probs.argmax(1).cpu() == labels).double().mean()), 4),
           "fid": round(fid_of(feats, classifier, reference), 2)}, args.out)
@@ -121,7 +122,8 @@ def main() -> None:
             t0 = time.perf_counter()
             x, info = run(sde, score, op, y, method, steps, options, 1000, args.batch)
             x_u8 = data.to_uint8(x)
-            feats, probs = classifier.features_and_probabilities(x_u8)
+            with torch.no_grad():
+                feats, probs = classifier.features_and_probabilities(x_u8)
             fid = fid_of(feats, classifier, reference)
             same = y[:1].expand(args.n_diverse, -1)
             xd, _ = run(sde, score, op, same, method, steps, options, 5000, args.batch)

@@ -45,6 +45,7 @@ Tensor = torch.Tensor
 __all__ = ["ddrm_posterior_sample"]
 
 
+@torch.no_grad()  # no gradient is taken, so no graph is built
 def ddrm_posterior_sample(sde: SDE, score_fn, shape: Sequence[int], observation: LinearObservation, y: Tensor, *,
                           sigma_y: float = 0.0, eta: float = 0.85, eta_b: float = 1.0, steps: Optional[int] = None,
                           grid=None, eps: Optional[float] = None, seed: Optional[int] = None,

@@ -42,6 +42,7 @@ Tensor = torch.Tensor
 __all__ = ["dps_posterior_sample", "pigdm_posterior_sample"]
 
 
+@torch.no_grad()  # the network's graph is built only where a gradient is taken
 def dps_posterior_sample(sde: SDE, score_fn, shape: Sequence[int], observation: LinearObservation, y: Tensor, *,
                          sigma_y: float = 0.0, zeta: float = 1.0, steps: Optional[int] = None, grid=None,
                          eps: Optional[float] = None, seed: Optional[int] = None,
@@ -66,6 +67,7 @@ def dps_posterior_sample(sde: SDE, score_fn, shape: Sequence[int], observation: 
                "t": float(grid[-1])}
 
 
+@torch.no_grad()  # the network's graph is built only where a gradient is taken
 def pigdm_posterior_sample(sde: SDE, score_fn, shape: Sequence[int], observation: LinearObservation, y: Tensor, *,
                            sigma_y: float = 0.0, eta: float = 1.0, steps: Optional[int] = None, grid=None,
                            eps: Optional[float] = None, seed: Optional[int] = None,

@@ -50,6 +50,7 @@ __all__ = ["particle_posterior_sample"]
 _VARIANCES = ("fixed_small", "fixed_large", "analytic")  # isotropic: they stay isotropic in the SVD basis
 
 
+@torch.no_grad()  # no gradient is taken, so no graph is built
 def particle_posterior_sample(sde: SDE, score_fn, shape: Sequence[int], observation: LinearObservation, y: Tensor, *,
                               sigma_y: float = 0.0, particles: int = 64, steps: Optional[int] = None, grid=None,
                               eps: Optional[float] = None, variance: str = "fixed_small",

@@ -161,6 +161,17 @@ def test_one_calling_convention_same_seed_same_samples_and_the_cost(method):
         torch.testing.assert_close(a[:, 0], torch.full((6,), 0.3, dtype=F64), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_no_graph_is_kept_through_a_network(method):
+    """A score with parameters: the samples come back without autograd history (DPS and Pi-GDM build a
+    graph inside each step for their gradient, and drop it)."""
+    sde, (gm, op, y) = sde_lib.VPSDE(), inpainting_problem()
+    net = torch.nn.Linear(2, 2).double()
+    score = lambda x, t: gm.score_fn(sde)(x, t) + 0 * net(x)
+    x, _ = samplers.posterior_sample(method, sde, score, (3, 2), op, y.expand(3, 1), steps=4, seed=0, dtype=F64)
+    assert not x.requires_grad and x.grad_fn is None
+
+
 def never(x, t):
     raise AssertionError("the network was called")
 

@@ -201,6 +201,48 @@ class GaussianMixture:
         log_w = torch.log(self.weights) + log_lik
         return _Conditioned(torch.softmax(log_w, 0), means, covs)
 
+    def project(self, D: Tensor) -> "GaussianMixture":
+        """The law of D x (D [m, dim]), a mixture again: components N(D mu_k, D S_k D^T). For a
+        down-sampling D, the low-resolution data a cascade's base model learns."""
+        D = self._operator(D)
+        return GaussianMixture(self.weights, self.means @ D.T, D @ self.covs @ D.T)
+
+    def super_resolution_score_fn(self, sde: SDE, D: Tensor):
+        """The exact score_fn(x, t, low_res, aug_level) of a super-resolution model for one Gaussian
+        N(mu, S): x given the augmented low-resolution c = a D x + sigma_a e, where (a, sigma_a) =
+        sde.marginal_coeffs(aug_level T) (the SDE's own forward marginal at the level s in [0, 1]):
+
+            E[x | c] = mu + G (c - a D mu),   G = a S D^T (a^2 D S D^T + sigma_a^2 I)^-1,   C = S - a G D S,
+            s(x_t | c) = -(alpha_t^2 C + sigma_t^2 I)^-1 (x_t - alpha_t E[x | c]).
+
+        low_res [B, m], aug_level [B] (or a number), x [B, dim]; each sample its own level."""
+        if len(self.weights) != 1:
+            raise ValueError(f"super_resolution_score_fn is the closed form of one Gaussian; this mixture has "
+                             f"{len(self.weights)} components")
+        D, mu, S = self._operator(D), self.means[0], self.covs[0]
+        eye_m, eye_d = torch.eye(D.shape[0], dtype=torch.float64), torch.eye(self.dim, dtype=torch.float64)
+
+        def score_fn(x: Tensor, t: Tensor, low_res: Tensor, aug_level) -> Tensor:
+            B = x.shape[0]
+            level = torch.as_tensor(aug_level, dtype=torch.float64).reshape(-1).expand(B)
+            a, sa = (v[:, None, None] for v in sde.marginal_coeffs(level * sde.T))
+            G = a * S @ D.T @ torch.linalg.inv(a ** 2 * D @ S @ D.T + sa ** 2 * eye_m)       # [B, dim, m]
+            c = low_res.reshape(B, -1).double()
+            m = mu + (G @ (c - a[:, :, 0] * (D @ mu))[..., None]).squeeze(-1)              # [B, dim]
+            C = S - a * G @ D @ S
+            alpha, sigma = (v[:, None, None] for v in sde.marginal_coeffs(_as_time(t, x).expand(B)))
+            prec = torch.linalg.inv(alpha ** 2 * C + sigma ** 2 * eye_d)
+            s = -(prec @ (x.reshape(B, -1).double() - alpha[:, :, 0] * m)[..., None]).squeeze(-1)
+            return s.reshape(x.shape).to(device=x.device, dtype=x.dtype)
+
+        return score_fn
+
+    def _operator(self, D: Tensor) -> Tensor:
+        D = torch.as_tensor(D, dtype=torch.float64)
+        if D.ndim != 2 or D.shape[1] != self.dim:
+            raise ValueError(f"D must be a matrix [m, {self.dim}] acting on this mixture's points, got {tuple(D.shape)}")
+        return D
+
     def mean(self) -> Tensor:
         """E[x] [D], float64."""
         return self.weights @ self.means

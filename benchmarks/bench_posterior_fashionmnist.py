@@ -37,7 +37,7 @@ METHODS = {
     "replacement100": ("replacement", 100, {}),
     "ddrm20": ("ddrm", 20, {}),
     "ddrm100": ("ddrm", 100, {}),
-    "pigdm50": ("pigdm", 50, {}),
+    "pigdm50": ("pigdm", 50, {"x0_range": (-1.0, 1.0)}),
     "dps100": ("dps", 100, {"zeta": 1.0}),
     "particle4x50": ("particle", 50, {"particles": 4}),
 }

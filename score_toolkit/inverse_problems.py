@@ -60,6 +60,8 @@ def solver_options(config) -> dict:
         options["grid"] = s.grid
     for option, key in _OWN[s.method].items():
         options[option] = _eta(s[key]) if key == "ddrm_eta" else s[key]
+    if s.method == "pigdm":  # its guidance's residual on x0_hat clipped to the data's range
+        options["x0_range"] = (-1.0, 1.0) if config.data.centered else (0.0, 1.0)
     return options
 
 

@@ -80,35 +80,25 @@ def dense_problem():
     return prior, A, torch.tensor([[0.5, -0.3]], dtype=F64)
 
 
-def one_step_reference(sde, score_fn, x, t, s, guidance, eta, g):
-    """DDIM from t to s on score + guidance(x), as a separate dense computation."""
-    def guided(x, tt):
-        return score_fn(x, tt) + guidance(x, tt)
-    return samplers.ddim_loop(sde, guided, x, torch.tensor([t, s], dtype=F64), eta=eta, generator=g)
-
-
-def test_pigdm_step_is_the_pseudoinverse_guided_ddim_step():
-    """One step of Pi-GDM against the gradient of log N(y; A x0_hat(x), r^2 A A^T + sigma_y^2 I) with the
-    covariance held fixed, built from the dense A by autograd."""
+def test_pigdm_step_is_ddim_plus_the_pseudoinverse_guidance():
+    """One step of Pi-GDM against DDIM plus alpha_t r_t^2 times the gradient of log N(y; A x0_hat(x),
+    r^2 A A^T + sigma_y^2 I) (its covariance held fixed), built from the dense A by autograd."""
     sde, (prior, A, y), sigma_y, B = sde_lib.VESDE(sigma_min=0.01, sigma_max=10.0), dense_problem(), 0.3, 16
     score_fn = prior.score_fn(sde)
     t, s = 0.6, 0.5
+    grid = torch.tensor([t, s], dtype=F64)
     x, info = samplers.pigdm_posterior_sample(sde, score_fn, (B, 3), MatrixObservation(A), y.expand(B, 2),
-                                              sigma_y=sigma_y, grid=torch.tensor([t, s], dtype=F64), seed=2,
-                                              dtype=F64)
-
-    def guidance(x, tt):
-        sig2 = float(sde.marginal_coeffs(tt[:1])[1] ** 2 / sde.marginal_coeffs(tt[:1])[0] ** 2)
-        cov = sig2 / (1 + sig2) * A @ A.T + sigma_y ** 2 * torch.eye(2, dtype=F64)
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            x0 = sde.tweedie(xg, tt, score_fn(xg, tt))
-            r = (y - x0 @ A.T).detach()
-            return torch.autograd.grad((r @ torch.linalg.inv(cov) @ A * x0).sum(), xg)[0]
-
+                                              sigma_y=sigma_y, grid=grid, seed=2, dtype=F64)
     g = torch.Generator().manual_seed(2)
     x_T = sde.prior_sampling((B, 3), g, None, F64)
-    ref = one_step_reference(sde, score_fn, x_T, t, s, guidance, 1.0, g)
+    tt = torch.full((B,), t, dtype=F64)
+    alpha, sigma = (float(v) for v in sde.marginal_coeffs(tt[:1]))
+    r2 = (sigma / alpha) ** 2 / (1 + (sigma / alpha) ** 2)
+    cov = r2 * A @ A.T + sigma_y ** 2 * torch.eye(2, dtype=F64)
+    xg = x_T.clone().requires_grad_(True)
+    x0 = sde.tweedie(xg, tt, score_fn(xg, tt))
+    guidance = torch.autograd.grad(((y - x0 @ A.T).detach() @ torch.linalg.inv(cov) @ A * x0).sum(), xg)[0]
+    ref = samplers.ddim_loop(sde, score_fn, x_T, grid, eta=1.0, generator=g) + alpha * r2 * guidance
     torch.testing.assert_close(x, ref, rtol=0, atol=1e-12)
     assert info["backward_passes"] == 1
 

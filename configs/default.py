@@ -52,6 +52,10 @@ def get_default_config() -> ml_collections.ConfigDict:
     # A variance head (models/variance_head.py): the network outputs 2C channels, its prediction and the
     # mixing vector v of the reverse variance exp(v log beta + (1 - v) log beta~) (improved DDPM).
     model.learn_variance = False
+    # Super-resolution (images; models/super_resolution.py): sr_from = the low resolution the network is
+    # conditioned on (0: none), up-sampled by sr_upsample (bilinear | nearest) and concatenated to its input.
+    model.sr_from = 0
+    model.sr_upsample = "bilinear"
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 512
@@ -70,6 +74,13 @@ def get_default_config() -> ml_collections.ConfigDict:
     training.time_sampler = "uniform"  # uniform | loss_second_moment: the chain's terms drawn by importance
     training.time_history = 10    # loss_second_moment: losses kept per term (a warm-up until every term has them)
     training.time_uniform_mix = 0.001  # loss_second_moment: the uniform share of its probabilities
+    # Super-resolution training (score_toolkit/super_resolution.py): the low resolution of each image, blurred
+    # with probability sr_blur_prob (width ~ U[sr_blur_sigma_min, sr_blur_sigma_max] low-resolution pixels),
+    # then noised by the SDE's forward marginal at a level s ~ U[0, sr_aug_max] (a fraction of T).
+    training.sr_aug_max = 0.0
+    training.sr_blur_prob = 0.0
+    training.sr_blur_sigma_min = 0.4
+    training.sr_blur_sigma_max = 0.6
     training.log_freq = 200
     training.snapshot_freq = 2000
     training.checkpoint_freq = 1000
@@ -103,6 +114,7 @@ def get_default_config() -> ml_collections.ConfigDict:
                                   # analytic (Analytic-DPM: Gamma estimated on training data, kept in the samples folder)
     sampling.gamma_images = 1024  # analytic: training images Gamma = E||eps_hat||^2 / d is estimated on
     # Class-conditional sampling (config.model.num_classes > 0, or a noise-conditional classifier):
+    sampling.aug_level = 0.0      # super-resolution models: the level s of their low-resolution input's augmentation
     sampling.class_label = -1     # -1: every class in turn (grids: one row per class); k: class k only
     sampling.guidance = "cfg"     # cfg (classifier-free) | classifier (needs sampling.classifier_path)
     sampling.guidance_scale = 0.0 # w: (1 + w) s(x, t, y) - w s(x, t, null), or the classifier gradient's scale

@@ -11,6 +11,7 @@ from models import layers
 from models.embeddings import LabelEmbedding, check_label_args, embed_labels, label_keys, sinusoidal_embedding
 from models.ncsnpp import check_unet_args, check_unet_inputs
 from models.registry import register_model
+from models.super_resolution import KEYS as SR_KEYS, LowResConditioning, check_sr_args
 from models.variance_head import check_learn_variance, output_channels, scale_mean_by_sigma
 
 Tensor = torch.Tensor
@@ -44,11 +45,13 @@ class DDPM(nn.Module):
                  attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1, resamp_with_conv: bool = True,
                  scale_by_sigma: bool = False, nonlinearity: str = "swish",
                  centered: bool = True, num_channels: int = 3, image_size: int = 32, num_groups: int = 32,
-                 num_classes: int = 0, p_uncond: float = 0.0, learn_variance: bool = False):
+                 num_classes: int = 0, p_uncond: float = 0.0, learn_variance: bool = False, sr_from: int = 0,
+                 sr_upsample: str = "bilinear"):
         super().__init__()
         ch_mult = tuple(ch_mult)
         check_label_args(num_classes, p_uncond)
         check_unet_args(nf, ch_mult, num_res_blocks, image_size, num_channels, dropout, nonlinearity=nonlinearity)
+        self.sr_from = check_sr_args(sr_from, image_size, sr_upsample)
         self.learn_variance = check_learn_variance(learn_variance)
         bad = sorted({nf * m for m in ch_mult if (nf * m) % num_groups})
         if not isinstance(num_groups, int) or num_groups < 1 or bad:
@@ -63,7 +66,7 @@ class DDPM(nn.Module):
                                 param_order="ddpm", skip_rescale=False, init_scale=0.0)
 
         modules: List[nn.Module] = [layers.dense(nf, 4 * nf), layers.dense(4 * nf, 4 * nf),
-                                    layers.conv3x3(num_channels, nf)]
+                                    layers.conv3x3(num_channels * (2 if sr_from else 1), nf)]
         skip_channels, in_ch = self._build_down(modules, resamp_with_conv, num_groups)
         modules += [self._block(in_ch), layers.AttnBlock(in_ch, num_groups=num_groups), self._block(in_ch)]
         in_ch = self._build_up(modules, in_ch, skip_channels, resamp_with_conv, num_groups)
@@ -75,6 +78,9 @@ class DDPM(nn.Module):
             # Registered (and drawn) last: the reference's parameters, their order (which the EMA's
             # shadow_params follow) and their initial values are those of the unconditional network.
             self.label_embed = LabelEmbedding(num_classes, 4 * nf, p_uncond)
+        if sr_from:  # registered after the label embedding, for the same reason
+            self.low_res = LowResConditioning(sr_from, image_size, num_channels, nf, 4 * nf, sr_upsample, self.act)
+            self.cond_keys = self.cond_keys + SR_KEYS
 
     def _block(self, in_ch: int, out_ch: int | None = None) -> nn.Module:
         return layers.ResnetBlockDDPM(in_ch=in_ch, out_ch=out_ch, **self._block_args)
@@ -105,8 +111,10 @@ class DDPM(nn.Module):
                 modules.append(layers.Upsample(in_ch, with_conv=with_conv))
         return in_ch
 
-    def forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
-        """x [B, C, H, W], cond [B], class labels y [B] (None: the null label) -> [B, C, H, W]."""
+    def forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None, low_res: Tensor | None = None,
+                aug_level: Tensor | None = None) -> Tensor:
+        """x [B, C, H, W], cond [B], class labels y [B] (None: the null label), and for a super-resolution
+        network low_res [B, C, sr_from, sr_from] and aug_level [B] -> [B, C, H, W]."""
         check_unet_inputs(x, cond, self.num_channels, self.image_size)
         mods = iter(self.all_modules)
         temb = next(mods)(sinusoidal_embedding(cond, self.nf))
@@ -115,6 +123,11 @@ class DDPM(nn.Module):
         if label is not None:
             temb = temb + label
         h = x if self.centered else 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
+        if self.sr_from:
+            h = self.low_res.concat(h, low_res if self.centered else 2 * low_res - 1.0)
+            temb = temb + self.low_res.embed(aug_level, x.shape[0], x.device)
+        elif low_res is not None or aug_level is not None:
+            raise TypeError("this network is not a super-resolution network (sr_from = 0): it takes no low_res")
         hs = self._down(next(mods)(h), temb, mods)
         h = next(mods)(hs[-1], temb)
         h = next(mods)(h)

@@ -19,6 +19,7 @@ from models import up_or_down_sampling as updown
 from models.embeddings import (GaussianFourierProjection, LabelEmbedding, check_label_args, embed_labels, label_keys,
                                sinusoidal_embedding)
 from models.registry import register_model
+from models.super_resolution import KEYS as SR_KEYS, LowResConditioning, check_sr_args
 from models.variance_head import check_learn_variance, output_channels, scale_mean_by_sigma
 
 Tensor = torch.Tensor
@@ -113,7 +114,8 @@ class NCSNpp(nn.Module):
                  attention_type: str = "ddpm", init_scale: float = 0.0, fourier_scale: float = 16.0,
                  conv_size: int = 3, embedding_type: str = "fourier", scale_by_sigma: bool = True,
                  nonlinearity: str = "swish", centered: bool = False, num_channels: int = 3,
-                 image_size: int = 32, num_classes: int = 0, p_uncond: float = 0.0, learn_variance: bool = False):
+                 image_size: int = 32, num_classes: int = 0, p_uncond: float = 0.0, learn_variance: bool = False,
+                 sr_from: int = 0, sr_upsample: str = "bilinear"):
         super().__init__()
         ch_mult = tuple(ch_mult)
         check_label_args(num_classes, p_uncond)
@@ -125,6 +127,7 @@ class NCSNpp(nn.Module):
             raise ValueError(f"conv_size must be 3 (the only size NCSN++ uses), got {conv_size!r}")
         _check_group_norm_channels(nf, ch_mult, progressive_combine == "cat" and progressive_input == "input_skip")
         updown.fir_kernel_1d(fir_kernel)  # validates the taps
+        self.sr_from = check_sr_args(sr_from, image_size, sr_upsample)
         self.nf, self.ch_mult, self.num_res_blocks = nf, ch_mult, num_res_blocks
         self.num_channels, self.image_size, self.centered = num_channels, image_size, centered
         self.learn_variance = check_learn_variance(learn_variance)
@@ -141,7 +144,7 @@ class NCSNpp(nn.Module):
 
         self._build_pyramid_resamplers()
         modules = self._build_embedding(fourier_scale)
-        modules.append(layers.conv3x3(num_channels, nf))
+        modules.append(layers.conv3x3(num_channels * (2 if sr_from else 1), nf))
         skip_channels, in_ch = self._build_down(modules)
         in_ch = self._build_middle(modules, in_ch)
         self._build_up(modules, in_ch, skip_channels)
@@ -152,6 +155,9 @@ class NCSNpp(nn.Module):
             # Registered (and drawn) last: the reference's parameters, their order (which the EMA's
             # shadow_params follow) and their initial values are those of the unconditional network.
             self.label_embed = LabelEmbedding(num_classes, 4 * nf, p_uncond)
+        if sr_from:  # registered after the label embedding, for the same reason
+            self.low_res = LowResConditioning(sr_from, image_size, num_channels, nf, 4 * nf, sr_upsample, self.act)
+            self.cond_keys = self.cond_keys + SR_KEYS
 
     # ------------------------------------------------------------------ construction
 
@@ -253,8 +259,10 @@ class NCSNpp(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
-        """x [B, C, H, W], cond [B], class labels y [B] (None: the null label) -> [B, C, H, W]."""
+    def forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None, low_res: Tensor | None = None,
+                aug_level: Tensor | None = None) -> Tensor:
+        """x [B, C, H, W], cond [B], class labels y [B] (None: the null label), and for a super-resolution
+        network low_res [B, C, sr_from, sr_from] and aug_level [B] -> [B, C, H, W]."""
         check_unet_inputs(x, cond, self.num_channels, self.image_size)
         mods = iter(self.all_modules)
         temb = self._embed(cond, mods)
@@ -263,7 +271,15 @@ class NCSNpp(nn.Module):
             temb = label if temb is None else temb + label
         if not self.centered:
             x = 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
-        hs = self._down(x, temb, mods)
+            low_res = None if low_res is None else 2 * low_res - 1.0
+        first = x  # what the first convolution reads; the input pyramid stays on x
+        if self.sr_from:
+            first = self.low_res.concat(x, low_res)
+            level = self.low_res.embed(aug_level, x.shape[0], x.device)
+            temb = level if temb is None else temb + level
+        elif low_res is not None or aug_level is not None:
+            raise TypeError("this network is not a super-resolution network (sr_from = 0): it takes no low_res")
+        hs = self._down(x, temb, mods, first)
         h = self._middle(hs[-1], temb, mods)
         h = self._up(h, hs, temb, mods)
         if next(mods, None) is not None:
@@ -280,10 +296,10 @@ class NCSNpp(nn.Module):
         temb = next(mods)(temb)
         return next(mods)(self.act(temb))
 
-    def _down(self, x: Tensor, temb: Tensor | None, mods: Iterator[nn.Module]) -> List[Tensor]:
+    def _down(self, x: Tensor, temb: Tensor | None, mods: Iterator[nn.Module], first: Tensor) -> List[Tensor]:
         """Encoder; returns every skip feature map, the last one feeding the middle."""
         pyramid = x
-        hs = [next(mods)(x)]
+        hs = [next(mods)(first)]
         levels = len(self.ch_mult)
         for i in range(levels):
             for _ in range(self.num_res_blocks):

@@ -34,6 +34,7 @@ from score_toolkit import image_data
 from score_toolkit import inverse_problems
 from score_toolkit import run_config
 from score_toolkit import runtime
+from score_toolkit import super_resolution
 from score_toolkit import validation
 from score_toolkit.errors import BadFileError, ConfigError, MissingInputError
 import samplers
@@ -163,7 +164,10 @@ def heldout_loss(config, sde, model, data) -> float:
     with torch.no_grad():
         for i in range(0, len(data.test), bs):
             x = data.test[i:i + bs]
-            cond = wrapped.select({} if labels is None else {"y": labels[i:i + bs].to(device)})
+            cond = {} if labels is None else {"y": labels[i:i + bs]}
+            if isinstance(data, super_resolution.SuperResolutionData):  # its low resolution, as in training
+                cond.update(data.condition(x, g))
+            cond = wrapped.select({k: v.to(device) for k, v in cond.items()})
             total += loss_fn(wrapped, x.to(device), g, cond).item() * len(x)
     return total / len(data.test)
 
@@ -232,7 +236,8 @@ def draw_samples(config, sde, model, data, folder: str, n: int) -> torch.Tensor:
         if kept is None:
             with torch.no_grad():
                 x, _ = sample(score_fn, data.sample_shape(size), seed=config.seed + 100_003 * (b + 1),
-                              start=b * bs, cond=labels(size, start=b * bs))
+                              start=b * bs, cond={**labels(size, start=b * bs),
+                                                  **super_resolution.sample_cond(config, data, size, b * bs)})
             kept = data.to_data_space(x).numpy()
             checkpoints.atomic_write_bytes(path, lambda f: np.savez(f, samples=kept, settings=np.array(settings)),
                                            what=f"sample batch {b}")
@@ -358,7 +363,8 @@ def _prepare(config, workdir: str, eval_folder: str, mode: str, net=None):
     """What `evaluate` and `sample` start from: (sde, data, EMA model on config.device, its step,
     the output folder)."""
     net = check_inputs(config, workdir, mode) if net is None else net
-    sde, data = factories.build_sde(config), data_lib.load(config)
+    sde = factories.build_sde(config)
+    data = super_resolution.wrap(config, data_lib.load(config), sde)
     model, ckpt_step = load_ema_model(config, workdir, net)
     if distributed.is_main():
         checkpoints.start_run(workdir, config)

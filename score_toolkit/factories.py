@@ -42,8 +42,13 @@ def build_sde(config) -> sde_lib.SDE:
         raise ConfigError(f"config.sde: {e}") from e
 
 
+SR_KEYS = ("sr_from", "sr_upsample")  # a super-resolution network's; left out of every other network's arguments
+
+
 def model_kwargs(config) -> dict:
-    return {k: v for k, v in config.model.items() if k not in MODEL_META_KEYS}
+    """The network's arguments: config.model but its meta keys (and the super-resolution keys when sr_from = 0)."""
+    drop = MODEL_META_KEYS + (() if config.model.get("sr_from", 0) else SR_KEYS)
+    return {k: v for k, v in config.model.items() if k not in drop}
 
 
 def build_model(config) -> torch.nn.Module:

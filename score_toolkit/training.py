@@ -28,6 +28,7 @@ from score_toolkit import factories
 import models
 from score_toolkit import plotting
 from score_toolkit import runtime
+from score_toolkit import super_resolution
 from score_toolkit import validation
 from score_toolkit.errors import UserError
 from score_toolkit.run_config import config_differences, describe_differences
@@ -182,7 +183,8 @@ def snapshot(state: TrainState, config, sde, data, workdir: str) -> str:
             gamma = bound.snapshot_gamma(config, sde, state.model, data, state.device)
             sample = factories.build_sampler(config, sde, state.device, gamma=gamma)
             x, nfe = sample(factories.build_score_fn(config, sde, state.model, state.device), data.sample_shape(n),
-                            seed=config.seed + state.step, cond=factories.sample_labels(config, n))
+                            seed=config.seed + state.step,
+                            cond={**factories.sample_labels(config, n), **super_resolution.sample_cond(config, data, n)})
     finally:
         state.model.train()
         state.ema.restore(params)
@@ -310,7 +312,7 @@ def train(config, workdir: str, max_steps: Optional[int] = None, net: Optional[t
         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     sde = factories.build_sde(config)
-    data = data_lib.load(config)
+    data = super_resolution.wrap(config, data_lib.load(config), sde)
     loss_fn = factories.build_loss(config, sde)
     state = resume_or_start(config, ckpt_dir, net, loss_fn)
     if distributed.active():

@@ -52,6 +52,7 @@ def validate_config(config: ml_collections.ConfigDict) -> torch.nn.Module:
     _validate_sampling(config)
     _one_of(config, "eval.divergence", ("exact", "rademacher", "gaussian"))
     _validate_variances(config, sde)
+    _validate_super_resolution(config)
     factories.build_loss(config, sde)
     _validate_parametrization(config, sde)
     with torch.random.fork_rng(devices=[]):  # the caller's RNG stays as it was
@@ -138,6 +139,31 @@ def _validate_sampler_options(config) -> None:
         key = factories.option_key(config, word.group(0)) if word else None
         where = f"config.sampling.{key} = {s[key]!r}" if key else f"config.sampling.method = {s.method!r}"
         raise ConfigError(f"{where} is not allowed: {e}") from e
+
+
+def _validate_super_resolution(config) -> None:
+    """A super-resolution model: image data, a low resolution that divides the size, augmentation levels
+    and blur widths that mean something, and no evaluation that would call it without its low resolution."""
+    m, t, s, e = config.model, config.training, config.sampling, config.eval
+    if not m.get("sr_from", 0):
+        return
+    require(config.data.kind == "images", "model.sr_from", m.sr_from, "needs image data (config.data.kind = 'images')")
+    try:
+        models.super_resolution.check_sr_args(m.sr_from, config.data.image_size, m.sr_upsample)
+    except ValueError as err:
+        raise ConfigError(f"config.model.sr_from = {m.sr_from!r} is not allowed: {err}") from err
+    for key in ("training.sr_aug_max", "training.sr_blur_prob", "sampling.aug_level"):
+        value = get_key(config, key)
+        require(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1, key, value,
+                "must be a number in [0, 1]")
+    lo, hi = t.sr_blur_sigma_min, t.sr_blur_sigma_max
+    require(isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and 0 <= lo <= hi, "training.sr_blur_sigma_max",
+            hi, f"must be >= training.sr_blur_sigma_min = {lo!r} >= 0 (blur widths in low-resolution pixels)")
+    require(s.task == "none", "sampling.task", s.task, "is not done by a super-resolution model: it samples given "
+            "the low resolution of test images (sampling.aug_level), or in a cascade (samplers.cascade_sample)")
+    for key in ("eval.enable_nll", "eval.enable_bound"):
+        require(not get_key(config, key), key, True, "a super-resolution model's likelihood given its low resolution "
+                "is not evaluated yet; set it False")
 
 
 def _validate_variances(config, sde) -> None:

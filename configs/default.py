@@ -115,6 +115,8 @@ def get_default_config() -> ml_collections.ConfigDict:
     sampling.gamma_images = 1024  # analytic: training images Gamma = E||eps_hat||^2 / d is estimated on
     # Class-conditional sampling (config.model.num_classes > 0, or a noise-conditional classifier):
     sampling.aug_level = 0.0      # super-resolution models: the level s of their low-resolution input's augmentation
+    sampling.cascade_from = ""    # --mode cascade: the workdir of the stage below this super-resolution model
+    sampling.truncated = False    # --mode cascade: the stage below stops at aug_level T (truncated augmentation)
     sampling.class_label = -1     # -1: every class in turn (grids: one row per class); k: class k only
     sampling.guidance = "cfg"     # cfg (classifier-free) | classifier (needs sampling.classifier_path)
     sampling.guidance_scale = 0.0 # w: (1 + w) s(x, t, y) - w s(x, t, null), or the classifier gradient's scale

@@ -38,6 +38,8 @@ MODES = {
     "train": "train into the workdir; run it again to resume from the newest checkpoint",
     "eval": "held-out loss, NLL (nats, bits/dim), samples and their quality -> <workdir>/<eval_folder>/results.json",
     "sample": "config.sampling.n_samples samples -> <workdir>/<eval_folder>/samples_<method>_ckpt<step>/ and .png",
+    "cascade": "a cascade of workdirs (config.sampling.cascade_from: the stage below, down to a base model): every "
+               "stage's samples -> <workdir>/<eval_folder>/cascade_ckpt<step>/stage_<i>/",
     "export": "the newest checkpoint's EMA weights alone -> <workdir>/export/ema_step<step>.pt, "
               "for --config.eval.weights_path",
     "classifier": "image data: train the feature classifier into config.eval.feature_path",
@@ -202,6 +204,7 @@ def main(command: Command, argv: List[str]) -> int:
     from score_toolkit import evaluation
     from score_toolkit import prepare
     from score_toolkit import runtime
+    from score_toolkit import cascade_run
     from score_toolkit import training
     from score_toolkit.workdir_lock import WorkdirLock
 
@@ -215,6 +218,7 @@ def main(command: Command, argv: List[str]) -> int:
     workdir = FLAGS.workdir or os.path.join("workdirs", os.path.splitext(os.path.basename(command.config.partition(":")[0]))[0])
     try:
         net = (training.check_inputs(config, workdir) if mode == "train"
+               else cascade_run.check_inputs(config, workdir) if mode == "cascade"
                else evaluation.check_inputs(config, workdir, mode))
     except MissingInputError as e:
         if e.make_with:
@@ -240,6 +244,9 @@ def main(command: Command, argv: List[str]) -> int:
             evaluation.evaluate(config, workdir, FLAGS.eval_folder, net=net)
         elif mode == "sample":
             evaluation.sample(config, workdir, FLAGS.eval_folder, net=net)
+        elif mode == "cascade":
+            if distributed.is_main():
+                cascade_run.run(config, workdir, FLAGS.eval_folder)
         elif distributed.is_main():  # export: one file; the other ranks wait at the session's barrier
             evaluation.export(config, workdir, net=net)
     return 0

@@ -232,7 +232,7 @@ def draw_samples(config, sde, model, data, folder: str, n: int) -> torch.Tensor:
     def batch(b: int) -> np.ndarray:
         path, size = os.path.join(folder, f"batch_{b}.npz"), min(bs, n - b * bs)
         settings = _sample_settings(config, size)
-        kept = _read_batch(path, settings)
+        kept = read_batch(path, settings)
         if kept is None:
             with torch.no_grad():
                 x, _ = sample(score_fn, data.sample_shape(size), seed=config.seed + 100_003 * (b + 1),
@@ -326,7 +326,7 @@ def _sample_settings(config, size: int) -> str:
                       sort_keys=True, default=str)
 
 
-def _read_batch(path: str, settings: str) -> Optional[np.ndarray]:
+def read_batch(path: str, settings: str) -> Optional[np.ndarray]:
     """The samples of a batch file drawn with `settings`, else None."""
     if not os.path.exists(path):
         return None

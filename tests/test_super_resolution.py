@@ -155,3 +155,52 @@ def test_a_super_resolution_run_trains_snapshots_resumes_bit_for_bit_and_evaluat
     import numpy as np
     samples = np.load(tmp_path / "a" / "eval" / "samples_ddim_ckpt6" / "batch_0.npz")["samples"]
     assert samples.shape == (4, 1, 8, 8)
+
+
+def tiny_base_config(root):
+    """A base model on the 4 x 4 block means of the tiny images."""
+    c = tiny_sr_config(root)
+    c.data.image_size, c.model.image_size, c.model.sr_from = 4, 4, 0
+    c.model.ch_mult, c.model.attn_resolutions = (1,), ()
+    c.training.sr_blur_prob = 0.0
+    return c
+
+
+@pytest.fixture
+def tiny_pair(tmp_path):
+    """Tiny 8 x 8 images and their 4 x 4 block means, as two IDX data sets."""
+    import numpy as np
+    from tests.helpers import write_idx
+    rng = np.random.default_rng(0)
+    for name, f in (("high", 1), ("low", 2)):
+        (tmp_path / name).mkdir()
+    for prefix, n in (("train", 64), ("t10k", 16)):
+        labels = rng.integers(0, 2, n)
+        images = rng.integers(0, 60, (n, 8, 8))
+        for i, c in enumerate(labels):
+            images[i, :, 4 * c:4 * c + 4] += 180
+        write_idx(tmp_path / "high", prefix, images, labels)
+        write_idx(tmp_path / "low", prefix, images.reshape(n, 4, 2, 4, 2).mean((2, 4)).round().astype(images.dtype), labels)
+    return tmp_path / "low", tmp_path / "high"
+
+
+def test_the_cascade_mode_chains_workdirs_and_keeps_every_stage(tiny_pair, tmp_path):
+    import numpy as np
+    from score_toolkit import cascade_run, training
+    low, high = tiny_pair
+    base, sr = tiny_base_config(low), tiny_sr_config(high)
+    training.train(base, str(tmp_path / "base"))
+    training.train(sr, str(tmp_path / "sr"))
+    sr.sampling.cascade_from, sr.sampling.aug_level, sr.sampling.truncated = str(tmp_path / "base"), 0.3, True
+    cascade_run.check_inputs(sr, str(tmp_path / "sr"))
+    folder = cascade_run.run(sr, str(tmp_path / "sr"))
+    first = [np.load(os.path.join(folder, f"stage_{i}", "batch_0.npz"))["samples"] for i in (0, 1)]
+    assert first[0].shape == (4, 1, 4, 4) and first[1].shape == (4, 1, 8, 8)
+    again = cascade_run.run(sr, str(tmp_path / "sr"))   # read back, not drawn again
+    assert np.array_equal(np.load(os.path.join(again, "stage_1", "batch_0.npz"))["samples"], first[1])
+    sr.sampling.cascade_from = str(tmp_path / "nowhere")
+    with pytest.raises(errors.MissingInputError, match="no trained workdir there"):
+        cascade_run.check_inputs(sr, str(tmp_path / "sr"))
+    sr.sampling.cascade_from = str(tmp_path / "sr")   # an 8 x 8 stage below an 8 x 8 one
+    with pytest.raises(errors.ConfigError, match="loops|is not a super-resolution model of stage 0"):
+        cascade_run.check_inputs(sr, str(tmp_path / "sr"))

@@ -303,7 +303,8 @@ def load_split(name: str, root=None, split: str = "train", image_size: Optional[
     split: "train" or "test". For "folder", root/<split>/ is used when it exists, else the whole
         folder serves as "train" (unless it has a test/ sub-folder).
     image_size: final H = W. Required for "folder" (resize + center crop); for the fixed-size
-        sets it must equal the native size (after pad_to), and None accepts that size.
+        sets the native size (after pad_to), or a size that divides it (block means: 32 -> 16 or 8),
+        and None accepts the native size.
     num_channels: 1 or 3 (grey is repeated / RGB turned to luma); None keeps the native count
         (3 for folders).
     pad_to: zero-pad the fixed-size sets to pad_to x pad_to (e.g. 28 -> 32).
@@ -326,10 +327,21 @@ def load_split(name: str, root=None, split: str = "train", image_size: Optional[
         images = convert_channels(images, num_channels)
     if pad_to is not None:
         images = pad_images(images, pad_to)
+    size = images.shape[-1]
+    if image_size is not None and size != image_size and name != "folder" and image_size < size and not size % image_size:
+        images = block_means(images, size // image_size)  # the low resolution a cascade's base stage models
     if image_size is not None and images.shape[-1] != image_size:
         raise ValueError(f"{name}: image_size={image_size} but its images are "
-                         f"{images.shape[-2]}x{images.shape[-1]}; pad_to can enlarge 28x28 sets")
+                         f"{images.shape[-2]}x{images.shape[-1]}; pad_to can enlarge 28x28 sets, and an image_size "
+                         "that divides their size takes block means")
     return images, labels
+
+
+def block_means(images: Images, factor: int) -> Images:
+    """uint8 [N, C, H, W] -> the means of factor x factor blocks, rounded: [N, C, H / f, W / f] (the
+    down-sampling of samplers.AveragePooling and of a super-resolution model's training data)."""
+    x = torch.nn.functional.avg_pool2d(images.float(), factor)
+    return x.round().clamp(0, 255).to(torch.uint8)
 
 
 def _load_folder_split(root: Path, split: str, image_size, num_channels) -> Tuple[Images, Labels]:

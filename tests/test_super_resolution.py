@@ -204,3 +204,13 @@ def test_the_cascade_mode_chains_workdirs_and_keeps_every_stage(tiny_pair, tmp_p
     sr.sampling.cascade_from = str(tmp_path / "sr")   # an 8 x 8 stage below an 8 x 8 one
     with pytest.raises(errors.ConfigError, match="loops|is not a super-resolution model of stage 0"):
         cascade_run.check_inputs(sr, str(tmp_path / "sr"))
+
+
+def test_a_fixed_size_set_loads_at_a_size_that_divides_it_as_block_means(tiny_pair):
+    from score_toolkit import image_data
+    low, high = tiny_pair
+    small, labels = image_data.load_split("fashion_mnist", str(high), "train", image_size=4)
+    same, same_labels = image_data.load_split("fashion_mnist", str(low), "train", image_size=4)
+    assert torch.equal(small, same) and torch.equal(labels, same_labels)
+    with pytest.raises(ValueError, match="an image_size that divides their size takes block means"):
+        image_data.load_split("fashion_mnist", str(high), "train", image_size=3)

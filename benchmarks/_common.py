@@ -1,6 +1,7 @@
 """Shared helpers for the benchmark scripts: timing medians and a description of the machine."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -30,3 +31,10 @@ def machine() -> dict:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": platform.python_version()}
+
+
+def emit(row: dict, out: str) -> None:
+    """One JSON line: appended to the file `out` and printed."""
+    with open(out, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)

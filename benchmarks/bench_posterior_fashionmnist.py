@@ -18,8 +18,6 @@ the true images' own accuracy and FID at the same number of images come first, a
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import sys
 import time
@@ -28,9 +26,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import samplers  # noqa: E402
-from benchmarks._common import machine  # noqa: E402
-from benchmarks.bench_variances import prepare  # noqa: E402
-from score_toolkit import data_lib, evaluation, factories, image_data, sample_quality  # noqa: E402
+from benchmarks._common import emit, machine  # noqa: E402
+from benchmarks.bench_variances import load_score, prepare  # noqa: E402
+from score_toolkit import data_lib, image_data, sample_quality  # noqa: E402
 
 # label -> (method, steps, options)
 METHODS = {
@@ -75,11 +73,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((-10 * torch.log10(mse.clamp_min(1e-12))).mean())
 
 
-def emit(row: dict, out: str) -> None:
-    with open(out, "a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -99,9 +92,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     config, data = prepare(args)
-    sde = factories.build_sde(config)
-    model, step = evaluation.load_ema_model(config, args.workdir)
-    score = factories.build_precond(config, sde, model)
+    sde, score, step = load_score(config, args.workdir)
     classifier = sample_quality.load_classifier(config.eval.feature_path)
     reference = sample_quality.FeatureStats.load(config.eval.stats_path)
     truth_u8, labels = data.test_uint8[:args.n_images], data.test_labels[:args.n_images]

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import likelihood  # noqa: E402
 import samplers  # noqa: E402
-from benchmarks._common import machine  # noqa: E402
+from benchmarks._common import emit, machine  # noqa: E402
 from score_toolkit import data_lib, evaluation, factories, features  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,6 +59,13 @@ def prepare(args):
     if args.fid_steps and not os.path.exists(e.stats_path):
         features.compute_data_stats(config, data)
     return config, data
+
+
+def load_score(config, workdir: str):
+    """(sde, the EMA network's score_fn, its checkpoint step) of a workdir, or of config.eval.weights_path."""
+    sde = factories.build_sde(config)
+    model, step = evaluation.load_ema_model(config, workdir)
+    return sde, factories.build_precond(config, sde, model), step
 
 
 class SharedCalls:
@@ -105,11 +112,6 @@ def fid(sde, score, data, quality, grid, variance, gamma, n, batch):
     return {**quality(torch.cat(parts)), "nfe": nfe, "n_samples": n}
 
 
-def emit(row, out):
-    with open(out, "a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -132,9 +134,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     config, data = prepare(args)
-    sde = factories.build_sde(config)
-    model, step = evaluation.load_ema_model(config, args.workdir)
-    score = factories.build_precond(config, sde, model)
+    sde, score, step = load_score(config, args.workdir)
     head, shared = score.learns_variance, SharedCalls(score)
     variances = args.variances or ["fixed_small", "fixed_large", "analytic"] + (["learned_range"] if head else [])
     fid_variances = args.fid_variances or ["fixed_small", "analytic"] + (["learned_range"] if head else [])

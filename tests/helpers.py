@@ -293,3 +293,23 @@ def run_ranks(args_per_rank: Sequence[Sequence[str]], timeout: float = 300) -> L
     for r, proc in enumerate(done):
         assert proc.returncode == 0, f"rank {r}: " + proc.stderr.decode()[-3000:]
     return done
+
+
+def tiny_two_class_images(n: int, seed_rng, size: int = 8):
+    """(uint8-valued int images [n, size, size], labels [n]): dark noise with a bright left (class 0) or
+    right (class 1) half, for training runs that must learn something in a few steps."""
+    labels = seed_rng.integers(0, 2, n)
+    images = seed_rng.integers(0, 60, (n, size, size))
+    for i, c in enumerate(labels):
+        images[i, :, size // 2 * c:size // 2 * (c + 1)] += 180
+    return images, labels
+
+
+def write_tiny_image_set(root, n_train: int, n_test: int, seed: int = 0):
+    """`tiny_two_class_images` as an IDX train / test pair under root (made here); returns root."""
+    import numpy as np
+    os.makedirs(root, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(root, prefix, *tiny_two_class_images(n, rng))
+    return root

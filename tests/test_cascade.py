@@ -4,7 +4,6 @@ model the exact conditional score given c = alpha(sT) y + sigma(sT) e (`Gaussian
 super_resolution_score_fn`). A cascade then reproduces the joint distribution; level 0 gives D x = y;
 truncated and non-truncated augmentation agree; with a base whose covariance is off by (1 + delta), the
 KL of the result to the truth falls monotonically in the augmentation level."""
-import math
 
 import pytest
 import torch

@@ -7,7 +7,6 @@ import os
 import pytest
 import torch
 
-import models
 import sde_lib
 from configs.fashionmnist_vp_ddpmpp_sr import get_config
 from models.ddpm import DDPM
@@ -113,18 +112,8 @@ def test_sr_from_on_point_data_is_refused():
 
 @pytest.fixture
 def tiny_images(tmp_path):
-    import numpy as np
-    from tests.helpers import write_idx
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    root.mkdir()
-    for prefix, n in (("train", 64), ("t10k", 16)):
-        labels = rng.integers(0, 2, n)
-        images = rng.integers(0, 60, (n, 8, 8))
-        for i, c in enumerate(labels):
-            images[i, :, 4 * c:4 * c + 4] += 180
-        write_idx(root, prefix, images, labels)
-    return root
+    from tests.helpers import write_tiny_image_set
+    return write_tiny_image_set(tmp_path / "data", 64, 16)
 
 
 def tiny_sr_config(root):
@@ -170,15 +159,12 @@ def tiny_base_config(root):
 def tiny_pair(tmp_path):
     """Tiny 8 x 8 images and their 4 x 4 block means, as two IDX data sets."""
     import numpy as np
-    from tests.helpers import write_idx
+    from tests.helpers import tiny_two_class_images, write_idx
     rng = np.random.default_rng(0)
-    for name, f in (("high", 1), ("low", 2)):
+    for name in ("high", "low"):
         (tmp_path / name).mkdir()
     for prefix, n in (("train", 64), ("t10k", 16)):
-        labels = rng.integers(0, 2, n)
-        images = rng.integers(0, 60, (n, 8, 8))
-        for i, c in enumerate(labels):
-            images[i, :, 4 * c:4 * c + 4] += 180
+        images, labels = tiny_two_class_images(n, rng)
         write_idx(tmp_path / "high", prefix, images, labels)
         write_idx(tmp_path / "low", prefix, images.reshape(n, 4, 2, 4, 2).mean((2, 4)).round().astype(images.dtype), labels)
     return tmp_path / "low", tmp_path / "high"

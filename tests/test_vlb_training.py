@@ -4,7 +4,6 @@ import json
 import math
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,7 +17,7 @@ from score_toolkit import evaluation
 from score_toolkit import training
 from score_toolkit import validation
 from score_toolkit.vlb_losses import LossSecondMomentSampler, VLBLoss
-from tests.helpers import GaussianHead, assert_same_state, final_weights, write_idx
+from tests.helpers import GaussianHead, assert_same_state, final_weights, write_tiny_image_set
 from tests.helpers import gaussian_step_truth as truth
 
 F64 = torch.float64
@@ -150,16 +149,7 @@ def test_a_per_step_v_trained_by_l_vlb_converges_to_v_star():
 
 @pytest.fixture
 def tiny_images(tmp_path):
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    root.mkdir()
-    for prefix, n in (("train", 128), ("t10k", 32)):
-        labels = rng.integers(0, 2, n)
-        images = rng.integers(0, 60, (n, 8, 8))
-        for i, c in enumerate(labels):
-            images[i, :, 4 * c:4 * c + 4] += 180
-        write_idx(root, prefix, images, labels)
-    return root
+    return write_tiny_image_set(tmp_path / "data", 128, 32)
 
 
 def tiny_config(root, **keys):

@@ -144,7 +144,7 @@ def _validate_sampler_options(config) -> None:
 def _validate_super_resolution(config) -> None:
     """A super-resolution model: image data, a low resolution that divides the size, augmentation levels
     and blur widths that mean something, and no evaluation that would call it without its low resolution."""
-    m, t, s, e = config.model, config.training, config.sampling, config.eval
+    m, t, s = config.model, config.training, config.sampling
     if not m.get("sr_from", 0):
         return
     require(config.data.kind == "images", "model.sr_from", m.sr_from, "needs image data (config.data.kind = 'images')")

@@ -91,11 +91,7 @@ def super_resolve(sr, low, batch):
     """The SR stage's samples given each low-resolution image, noised to the stage's level first."""
     parts = []
     for lo in range(0, len(low), batch):
-        z = low[lo:lo + batch]
-        g = torch.Generator().manual_seed(10_000 + lo)
-        t = torch.full((len(z),), sr.aug_level * sr.sde.T, dtype=torch.float64)
-        alpha, sigma = (v.float()[:, None, None, None] for v in sr.sde.marginal_coeffs(t))
-        z = alpha * z + sigma * torch.randn(z.shape, generator=g)
+        z = samplers.noise_to_level(sr.sde, low[lo:lo + batch], sr.aug_level, torch.Generator().manual_seed(10_000 + lo))
         x, _ = samplers.get_sampler("dpmpp_2m")(sr.sde, sr.score_fn, (len(z), *sr.shape), steps=sr.steps,
                                                 seed=lo, cond={"low_res": z, "aug_level": torch.full((len(z),), sr.aug_level)})
         parts.append(x)

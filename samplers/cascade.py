@@ -28,7 +28,7 @@ from samplers.base import get_sampler, probe
 from samplers.guards import check_device, make_generator
 
 Tensor = torch.Tensor
-__all__ = ["Stage", "cascade_sample"]
+__all__ = ["Stage", "cascade_sample", "noise_to_level"]
 
 
 @dataclass
@@ -90,15 +90,22 @@ def _run_args(stages: Sequence[Stage], i: int) -> dict:
     return args
 
 
+def noise_to_level(sde: SDE, y: Tensor, level, generator=None) -> Tensor:
+    """The forward marginal at level s: z = alpha(s T) y + sigma(s T) e for y [B, ...], levels s [B] (or
+    one number), fresh e from `generator`. The noise-conditioning augmentation of a low-resolution input,
+    in training and at sampling."""
+    s = torch.as_tensor(level, dtype=torch.float64, device=y.device).reshape(-1).expand(y.shape[0])
+    alpha, sigma = (v.to(y.dtype).reshape(-1, *[1] * (y.ndim - 1)) for v in sde.marginal_coeffs(s * sde.T))
+    e = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
+    return alpha * y + sigma * e
+
+
 def _low_res(stage: Stage, x: Tensor, g) -> Tensor:
     """The low-resolution input of `stage` from the stage before's output x: x itself when truncated
     (already at s T), else the forward marginal at s T applied to x."""
     if stage.truncated or stage.aug_level == 0 and _noiseless_at_zero(stage.sde):
         return x
-    t = torch.full((x.shape[0],), stage.aug_level * stage.sde.T, dtype=torch.float64, device=x.device)
-    alpha, sigma = (v.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1)) for v in stage.sde.marginal_coeffs(t))
-    e = torch.randn(x.shape, generator=g, dtype=x.dtype, device=x.device)
-    return alpha * x + sigma * e
+    return noise_to_level(stage.sde, x, stage.aug_level, g)
 
 
 def _noiseless_at_zero(sde: SDE) -> bool:

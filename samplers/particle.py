@@ -41,7 +41,7 @@ from tqdm.auto import trange
 from sde_lib import SDE
 from sde_lib.checks import check_one_of
 from sde_lib.reverse_step import posterior, reverse_variance
-from samplers.base import coeff, sampler_info
+from samplers.base import coeff
 from samplers.observations import LinearObservation
 from samplers.posterior_base import setup
 
@@ -70,12 +70,12 @@ def particle_posterior_sample(sde: SDE, score_fn, shape: Sequence[int], observat
     """
     B, N = int(shape[0]), _check_particles(particles, ess_threshold)
     check_one_of("variance", variance, _VARIANCES)
-    n = _steps_of(sde, steps, grid, eps)
-    if variance == "analytic" and (gamma is None or len(gamma) != n):
-        raise ValueError(f"variance 'analytic' needs gamma, one E||eps_hat||^2 / d per step ({n} here), got "
-                         f"{None if gamma is None else len(gamma)}")
     run = setup(sde, score_fn, shape, observation, y, sigma_y, solver="particle", steps=steps, grid=grid, eps=eps,
                 seed=seed, generator=generator, device=device, dtype=dtype, cond=cond, repeat=N)
+    n = len(run.grid) - 1
+    if variance == "analytic" and (gamma is None or len(gamma) != n):  # still before the first network call
+        raise ValueError(f"variance 'analytic' needs gamma, one E||eps_hat||^2 / d per step ({n} here), got "
+                         f"{None if gamma is None else len(gamma)}")
     grid, g, score, x = run.grid, run.generator, run.score, run.x
     s_i = observation.singulars.to(x.device)
     y_rep = run.y_bar.repeat_interleave(N, 0)  # y_bar of every particle
@@ -117,11 +117,6 @@ def _check_particles(particles, ess_threshold) -> int:
     if not 0 <= ess_threshold <= 1:
         raise ValueError(f"ess_threshold must lie in [0, 1] (a share of the particles), got {ess_threshold!r}")
     return particles
-
-
-def _steps_of(sde: SDE, steps, grid, eps) -> int:
-    """The number of steps the grid arguments give (for the length of gamma, checked before the set-up)."""
-    return len(sampler_info("ancestral").times(sde, steps, grid, eps, {})[0]) - 1
 
 
 def _twist_coeffs(sde: SDE, t: Tensor, sigma_y: float, s_i: Tensor, final: bool):

@@ -19,6 +19,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
+import samplers
 import sde_lib
 
 Tensor = torch.Tensor
@@ -64,10 +65,8 @@ class SuperResolutionData:
         return F.avg_pool2d(x, self.factor)
 
     def augment(self, y: Tensor, level: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-        """z = alpha(s T) y + sigma(s T) e for levels s [B], the noise from `generator`."""
-        alpha, sigma = self.sde.marginal_coeffs(level.double() * self.sde.T)
-        e = torch.randn(y.shape, generator=generator, dtype=y.dtype)
-        return alpha.to(y.dtype)[:, None, None, None] * y + sigma.to(y.dtype)[:, None, None, None] * e
+        """z = alpha(s T) y + sigma(s T) e for levels s [B] (`samplers.noise_to_level`)."""
+        return samplers.noise_to_level(self.sde, y, level, generator)
 
     def condition(self, x: Tensor, generator: Optional[torch.Generator], level: Optional[float] = None) -> Dict[str, Tensor]:
         """{"low_res", "aug_level"} of the high-resolution batch x (on the CPU): the training distribution

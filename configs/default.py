@@ -56,6 +56,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     # conditioned on (0: none), up-sampled by sr_upsample (bilinear | nearest) and concatenated to its input.
     model.sr_from = 0
     model.sr_upsample = "bilinear"
+    model.sr_p_uncond = 0.0  # the probability of dropping the low resolution in training (classifier-free guidance)
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 512

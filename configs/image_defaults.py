@@ -38,7 +38,8 @@ def get_image_config(data: str, sde: str, network: str, width: str) -> ml_collec
         name=network, ema_rate=0.999 if width == "small" else 0.9999, parametrization="auto", centered=True,
         num_channels=config.data.num_channels, image_size=config.data.image_size,
         resamp_with_conv=True, conditional=True, conv_size=3, **NETWORK[network], **WIDTH[width],
-        num_classes=0, p_uncond=0.0, learn_variance=False, sr_from=0, sr_upsample="bilinear"))  # see configs/default.py
+        num_classes=0, p_uncond=0.0, learn_variance=False, sr_from=0, sr_upsample="bilinear",
+        sr_p_uncond=0.0))  # see configs/default.py
     t = config.training
     t.batch_size, t.n_iters = (64, 30000) if width == "small" else (128, 1300001)
     t.log_freq, t.snapshot_freq, t.checkpoint_freq, t.keep_checkpoints = 50, 2000, 500, 3

@@ -46,12 +46,12 @@ class DDPM(nn.Module):
                  scale_by_sigma: bool = False, nonlinearity: str = "swish",
                  centered: bool = True, num_channels: int = 3, image_size: int = 32, num_groups: int = 32,
                  num_classes: int = 0, p_uncond: float = 0.0, learn_variance: bool = False, sr_from: int = 0,
-                 sr_upsample: str = "bilinear"):
+                 sr_upsample: str = "bilinear", sr_p_uncond: float = 0.0):
         super().__init__()
         ch_mult = tuple(ch_mult)
         check_label_args(num_classes, p_uncond)
         check_unet_args(nf, ch_mult, num_res_blocks, image_size, num_channels, dropout, nonlinearity=nonlinearity)
-        self.sr_from = check_sr_args(sr_from, image_size, sr_upsample)
+        self.sr_from = check_sr_args(sr_from, image_size, sr_upsample, sr_p_uncond)
         self.learn_variance = check_learn_variance(learn_variance)
         bad = sorted({nf * m for m in ch_mult if (nf * m) % num_groups})
         if not isinstance(num_groups, int) or num_groups < 1 or bad:
@@ -79,7 +79,8 @@ class DDPM(nn.Module):
             # shadow_params follow) and their initial values are those of the unconditional network.
             self.label_embed = LabelEmbedding(num_classes, 4 * nf, p_uncond)
         if sr_from:  # registered after the label embedding, for the same reason
-            self.low_res = LowResConditioning(sr_from, image_size, num_channels, nf, 4 * nf, sr_upsample, self.act)
+            self.low_res = LowResConditioning(sr_from, image_size, num_channels, nf, 4 * nf, sr_upsample, self.act,
+                                              sr_p_uncond)
             self.cond_keys = self.cond_keys + SR_KEYS
 
     def _block(self, in_ch: int, out_ch: int | None = None) -> nn.Module:
@@ -112,9 +113,10 @@ class DDPM(nn.Module):
         return in_ch
 
     def forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None, low_res: Tensor | None = None,
-                aug_level: Tensor | None = None) -> Tensor:
+                aug_level: Tensor | None = None, low_res_null: Tensor | None = None) -> Tensor:
         """x [B, C, H, W], cond [B], class labels y [B] (None: the null label), and for a super-resolution
-        network low_res [B, C, sr_from, sr_from] and aug_level [B] -> [B, C, H, W]."""
+        network low_res [B, C, sr_from, sr_from], aug_level [B] and low_res_null [B] (bool: the samples
+        whose low resolution is dropped; `LowResConditioning`) -> [B, C, H, W]."""
         check_unet_inputs(x, cond, self.num_channels, self.image_size)
         mods = iter(self.all_modules)
         temb = next(mods)(sinusoidal_embedding(cond, self.nf))
@@ -124,9 +126,9 @@ class DDPM(nn.Module):
             temb = temb + label
         h = x if self.centered else 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
         if self.sr_from:
-            h = self.low_res.concat(h, low_res if self.centered else 2 * low_res - 1.0)
-            temb = temb + self.low_res.embed(aug_level, x.shape[0], x.device)
-        elif low_res is not None or aug_level is not None:
+            h, temb = self.low_res(h, temb, low_res if self.centered or low_res is None else 2 * low_res - 1.0,
+                                   aug_level, low_res_null)
+        elif low_res is not None or aug_level is not None or low_res_null is not None:
             raise TypeError("this network is not a super-resolution network (sr_from = 0): it takes no low_res")
         hs = self._down(next(mods)(h), temb, mods)
         h = next(mods)(hs[-1], temb)

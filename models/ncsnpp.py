@@ -115,7 +115,7 @@ class NCSNpp(nn.Module):
                  conv_size: int = 3, embedding_type: str = "fourier", scale_by_sigma: bool = True,
                  nonlinearity: str = "swish", centered: bool = False, num_channels: int = 3,
                  image_size: int = 32, num_classes: int = 0, p_uncond: float = 0.0, learn_variance: bool = False,
-                 sr_from: int = 0, sr_upsample: str = "bilinear"):
+                 sr_from: int = 0, sr_upsample: str = "bilinear", sr_p_uncond: float = 0.0):
         super().__init__()
         ch_mult = tuple(ch_mult)
         check_label_args(num_classes, p_uncond)
@@ -127,7 +127,7 @@ class NCSNpp(nn.Module):
             raise ValueError(f"conv_size must be 3 (the only size NCSN++ uses), got {conv_size!r}")
         _check_group_norm_channels(nf, ch_mult, progressive_combine == "cat" and progressive_input == "input_skip")
         updown.fir_kernel_1d(fir_kernel)  # validates the taps
-        self.sr_from = check_sr_args(sr_from, image_size, sr_upsample)
+        self.sr_from = check_sr_args(sr_from, image_size, sr_upsample, sr_p_uncond)
         self.nf, self.ch_mult, self.num_res_blocks = nf, ch_mult, num_res_blocks
         self.num_channels, self.image_size, self.centered = num_channels, image_size, centered
         self.learn_variance = check_learn_variance(learn_variance)
@@ -156,7 +156,8 @@ class NCSNpp(nn.Module):
             # shadow_params follow) and their initial values are those of the unconditional network.
             self.label_embed = LabelEmbedding(num_classes, 4 * nf, p_uncond)
         if sr_from:  # registered after the label embedding, for the same reason
-            self.low_res = LowResConditioning(sr_from, image_size, num_channels, nf, 4 * nf, sr_upsample, self.act)
+            self.low_res = LowResConditioning(sr_from, image_size, num_channels, nf, 4 * nf, sr_upsample, self.act,
+                                              sr_p_uncond)
             self.cond_keys = self.cond_keys + SR_KEYS
 
     # ------------------------------------------------------------------ construction
@@ -260,9 +261,10 @@ class NCSNpp(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None, low_res: Tensor | None = None,
-                aug_level: Tensor | None = None) -> Tensor:
+                aug_level: Tensor | None = None, low_res_null: Tensor | None = None) -> Tensor:
         """x [B, C, H, W], cond [B], class labels y [B] (None: the null label), and for a super-resolution
-        network low_res [B, C, sr_from, sr_from] and aug_level [B] -> [B, C, H, W]."""
+        network low_res [B, C, sr_from, sr_from], aug_level [B] and low_res_null [B] (bool: the samples
+        whose low resolution is dropped; `LowResConditioning`) -> [B, C, H, W]."""
         check_unet_inputs(x, cond, self.num_channels, self.image_size)
         mods = iter(self.all_modules)
         temb = self._embed(cond, mods)
@@ -274,10 +276,8 @@ class NCSNpp(nn.Module):
             low_res = None if low_res is None else 2 * low_res - 1.0
         first = x  # what the first convolution reads; the input pyramid stays on x
         if self.sr_from:
-            first = self.low_res.concat(x, low_res)
-            level = self.low_res.embed(aug_level, x.shape[0], x.device)
-            temb = level if temb is None else temb + level
-        elif low_res is not None or aug_level is not None:
+            first, temb = self.low_res(x, temb, low_res, aug_level, low_res_null)
+        elif low_res is not None or aug_level is not None or low_res_null is not None:
             raise TypeError("this network is not a super-resolution network (sr_from = 0): it takes no low_res")
         hs = self._down(x, temb, mods, first)
         h = self._middle(hs[-1], temb, mods)

@@ -28,7 +28,7 @@ import torch
 from sde_lib.checks import check_labels, check_nonnegative, cond_keys
 
 Tensor = torch.Tensor
-__all__ = ["cfg_score", "classifier_guided_score", "classifier_gradient"]
+__all__ = ["cfg_score", "classifier_guided_score", "classifier_gradient", "low_res_cfg_score"]
 
 
 def _twice(v: Optional[Tensor]) -> Optional[Tensor]:
@@ -80,6 +80,40 @@ def cfg_score(score_fn: Callable[..., Tensor], guidance_scale: float, null_label
 
     guided.guidance_scale, guided.null_label = w, null_label
     guided.cond_keys = _with_y(cond_keys(score_fn), getattr(score_fn, "__name__", type(score_fn).__name__), True)
+    return guided
+
+
+def low_res_cfg_score(score_fn: Callable[..., Tensor], guidance_scale: float) -> Callable[..., Tensor]:
+    """Classifier-free guidance on a super-resolution model's low resolution z:
+    score_fn'(x, t, low_res=z, **cond) = (1 + w) s(x, t, z) - w s(x, t, null), with the null (dropped)
+    low resolution of a network trained with model.sr_p_uncond > 0 (`models.super_resolution`).
+
+    Each call is ONE call of score_fn on the doubled batch [x; x] with low_res [z; z] and low_res_null
+    [False; True]; every other conditioning tensor (a class label y included, which is kept) is doubled.
+    w = 0 is the plain conditional score (one un-doubled call).
+    """
+    w = check_nonnegative(guidance_scale, "guidance_scale")
+    keys = cond_keys(score_fn)
+    if keys is not None and "low_res_null" not in keys:
+        raise ValueError("low-resolution classifier-free guidance needs a super-resolution score_fn (one that takes "
+                         f"low_res_null), but {getattr(score_fn, '__name__', type(score_fn).__name__)} takes "
+                         f"{sorted(keys) or 'no conditioning'}")
+
+    def guided(x: Tensor, t: Tensor, low_res: Optional[Tensor] = None, **cond) -> Tensor:
+        if low_res is None:
+            raise ValueError("low-resolution classifier-free guidance needs low_res (cond={'low_res': z, ...})")
+        if w == 0:
+            return score_fn(x, t, low_res=low_res, **cond)
+        B = x.shape[0]
+        null = torch.arange(2 * B, device=x.device) >= B
+        t2 = torch.cat([t, t]) if torch.is_tensor(t) and t.ndim else t
+        both = score_fn(torch.cat([x, x]), t2, low_res=_twice(low_res), low_res_null=null,
+                        **{k: _twice(v) for k, v in cond.items() if k != "low_res_null"})
+        s_c, s_null = both[:B], both[B:]
+        return s_c + w * (s_c - s_null)
+
+    guided.guidance_scale = w
+    guided.cond_keys = None if keys is None else tuple(k for k in keys if k != "low_res_null")
     return guided
 
 

@@ -42,7 +42,7 @@ def build_sde(config) -> sde_lib.SDE:
         raise ConfigError(f"config.sde: {e}") from e
 
 
-SR_KEYS = ("sr_from", "sr_upsample")  # a super-resolution network's; left out of every other network's arguments
+SR_KEYS = ("sr_from", "sr_upsample", "sr_p_uncond")  # a super-resolution network's; left out of every other network's arguments
 
 
 def model_kwargs(config) -> dict:
@@ -86,12 +86,14 @@ def num_classes(config) -> int:
 
 def build_score_fn(config, sde: sde_lib.SDE, net: torch.nn.Module, device: torch.device):
     """The score samplers use: the wrapped network, guided by config.sampling.guidance at
-    config.sampling.guidance_scale when that is > 0 (classifier-free: `samplers.cfg_score`, one
-    batched call per step; classifier: `samplers.classifier_guided_score` with the noisy classifier,
+    config.sampling.guidance_scale when that is > 0 (classifier-free: `samplers.cfg_score`, or for a
+    super-resolution model `samplers.low_res_cfg_score`, which drops the low resolution; one batched call per step; classifier: `samplers.classifier_guided_score` with the noisy classifier,
     loaded onto `device`, where `net` is)."""
     model, s = build_precond(config, sde, net), config.sampling
     if s.guidance_scale == 0:
         return model
+    if s.guidance == "cfg" and config.model.get("sr_from", 0):  # a super-resolution model: drop its low resolution
+        return samplers.low_res_cfg_score(model, s.guidance_scale)
     if s.guidance == "cfg":
         return samplers.cfg_score(model, s.guidance_scale, null_label=config.model.num_classes)
     classifier, _, _ = noisy_classifier.load_noisy_classifier(s.classifier_path, device)

@@ -148,6 +148,9 @@ def _validate_super_resolution(config) -> None:
     if not m.get("sr_from", 0):
         return
     require(config.data.kind == "images", "model.sr_from", m.sr_from, "needs image data (config.data.kind = 'images')")
+    p = m.get("sr_p_uncond", 0.0)
+    require(isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p < 1, "model.sr_p_uncond", p,
+            "must be a number in [0, 1) (the probability of dropping the low resolution in training)")
     try:
         models.super_resolution.check_sr_args(m.sr_from, config.data.image_size, m.sr_upsample)
     except ValueError as err:
@@ -275,7 +278,12 @@ def _validate_guidance(config) -> None:
     _one_of(config, "sampling.guidance", ("cfg", "classifier"))
     _positive(config, "sampling.guidance_scale", allow_zero=True)
     _positive(config, "model.num_classes", integer=True, allow_zero=True)
-    if s.guidance_scale > 0 and s.guidance == "cfg":
+    sr = config.model.get("sr_from", 0)
+    if s.guidance_scale > 0 and s.guidance == "cfg" and sr:
+        require(config.model.get("sr_p_uncond", 0.0) > 0, "sampling.guidance_scale", s.guidance_scale,
+                "classifier-free guidance of a super-resolution model drops its low resolution, and this one was "
+                "trained without dropping it (config.model.sr_p_uncond = 0); set sampling.guidance_scale = 0")
+    elif s.guidance_scale > 0 and s.guidance == "cfg":
         require(K > 0, "sampling.guidance_scale", s.guidance_scale,
                 "classifier-free guidance needs a class-conditional network, and config.model.num_classes = 0; "
                 "set sampling.guidance_scale = 0, or sampling.guidance = 'classifier' with a noisy classifier")

@@ -37,7 +37,7 @@ def test_a_super_resolution_network_reads_its_low_resolution_and_level(cls):
     plain = cls(**SMALL[cls])
     torch.manual_seed(0)
     sr = cls(**SMALL[cls], sr_from=8)
-    assert sr.cond_keys == ("low_res", "aug_level") and plain.cond_keys == ()
+    assert sr.cond_keys == ("low_res", "aug_level", "low_res_null") and plain.cond_keys == ()
     # the plain network's parameters in the same order, the input convolution reading 2C channels; the SR
     # module registered last
     names = [n for n, _ in plain.named_parameters()]
@@ -55,6 +55,80 @@ def test_a_super_resolution_network_reads_its_low_resolution_and_level(cls):
         plain(x, c, low_res=low)
     with pytest.raises(ValueError, match="sr_from = 5 must be a low resolution below image_size = 16 that divides"):
         cls(**SMALL[cls], sr_from=5)
+
+
+@pytest.mark.parametrize("cls", [NCSNpp, DDPM])
+def test_a_network_trained_to_drop_its_low_resolution_has_a_null_that_ignores_it(cls):
+    torch.manual_seed(0)
+    sr = cls(**SMALL[cls], sr_from=8, sr_p_uncond=0.2)
+    with torch.no_grad():  # the null vector and the level's last layer start at 0: make them matter
+        sr.low_res.null.normal_()
+        sr.low_res.dense_1.weight.normal_(0, 0.1)
+    sr.eval()
+    x, c, s = torch.randn(4, 1, 16, 16), torch.rand(4) + 0.1, torch.rand(4)
+    low = torch.randn(4, 1, 8, 8)
+    null = torch.tensor([False, True, False, True])
+    out = sr(x, c, low_res=low, aug_level=s, low_res_null=null)
+    # a dropped sample reads neither its low resolution nor its level: the same as low_res=None
+    torch.testing.assert_close(out[null], sr(x, c, low_res=None)[null])
+    torch.testing.assert_close(out[null], sr(x, c, low_res=-low, aug_level=1 - s, low_res_null=null)[null])
+    torch.testing.assert_close(out[~null], sr(x, c, low_res=low, aug_level=s)[~null])   # the others as without a mask
+    assert not torch.allclose(out[~null], sr(x, c, low_res=None)[~null])
+    # in training each sample is dropped with probability p_uncond, from the global RNG (resumable)
+    sr.train()
+    torch.manual_seed(3)
+    drops = torch.rand(1000) < 0.2
+    torch.manual_seed(3)
+    assert torch.equal(sr.low_res.dropped(torch.zeros(1000, 1, 8, 8), None, 1000, "cpu"), drops)
+    assert 150 < int(drops.sum()) < 250
+    # a network trained without dropping refuses to be asked for its unconditional score; no null parameter
+    plain = cls(**SMALL[cls], sr_from=8)
+    assert not any("null" in n for n, _ in plain.named_parameters())
+    with pytest.raises(ValueError, match="trained without dropping its low resolution"):
+        plain(x, c, low_res=None)
+    with pytest.raises(ValueError, match=r"sr_p_uncond .* must be in \[0, 1\), got 1.0"):
+        cls(**SMALL[cls], sr_from=8, sr_p_uncond=1.0)
+
+
+def test_low_resolution_guidance_mixes_the_conditional_and_null_scores_in_one_call():
+    """With exact Gaussian scores: s_c the conditional score given z (the issue's formula), s_u the
+    unconditional; the guided score is (1 + w) s_c - w s_u, made in one call on the doubled batch."""
+    import samplers
+    sde = sde_lib.VPSDE()
+    g = sde_lib.GaussianMixture([1.0], torch.zeros(1, 16, dtype=torch.float64),
+                                torch.diag(torch.linspace(0.2, 2.0, 16, dtype=torch.float64))[None])
+    D = torch.kron(torch.eye(8, dtype=torch.float64), torch.full((1, 2), 0.5))       # 16 -> 8: pairs' means
+    cond_score = g.super_resolution_score_fn(sde, D)
+    uncond = g.score_fn(sde)
+    calls = []
+
+    def both(x, t, low_res=None, aug_level=None, low_res_null=None):
+        calls.append(x.shape[0])
+        out = cond_score(x, t, low_res=low_res, aug_level=aug_level)
+        return torch.where(low_res_null[:, None], uncond(x, t), out)
+
+    gen = torch.Generator().manual_seed(0)
+    x, t = torch.randn(5, 16, generator=gen, dtype=torch.float64), torch.full((5,), 0.4, dtype=torch.float64)
+    z, s = torch.randn(5, 8, generator=gen, dtype=torch.float64), torch.full((5,), 0.1, dtype=torch.float64)
+    guided = samplers.low_res_cfg_score(both, 2.5)
+    want = 3.5 * cond_score(x, t, low_res=z, aug_level=s) - 2.5 * uncond(x, t)
+    torch.testing.assert_close(guided(x, t, low_res=z, aug_level=s), want, rtol=1e-12, atol=1e-12)
+    assert calls == [10] and guided.cond_keys == ("low_res", "aug_level")
+    with pytest.raises(ValueError, match="needs a super-resolution score_fn"):
+        samplers.low_res_cfg_score(uncond, 1.0)
+
+
+def test_guiding_a_super_resolution_model_needs_it_trained_to_drop_the_low_resolution():
+    config = get_config()
+    config.sampling.guidance_scale = 1.0
+    with pytest.raises(errors.ConfigError, match="config.sampling.guidance_scale = 1.0 is not allowed: .*"
+                                                 "trained without dropping it"):
+        validation.validate_config(config)
+    config.model.sr_p_uncond = 0.1
+    validation.validate_config(config)
+    config.model.sr_p_uncond = 1.2
+    with pytest.raises(errors.ConfigError, match=r"config.model.sr_p_uncond = 1.2 is not allowed: must be a number"):
+        validation.validate_config(config)
 
 
 def _data(sr_aug_max=0.5, blur=1.0):
@@ -134,11 +208,13 @@ def test_a_super_resolution_run_trains_snapshots_resumes_bit_for_bit_and_evaluat
     from score_toolkit import evaluation, training
     from tests.helpers import assert_same_state, final_weights
     c = tiny_sr_config(tiny_images)
+    c.model.sr_p_uncond = 0.25   # the low resolution dropped in training: resumed runs drop the same samples
     training.train(c, str(tmp_path / "a"))
     assert (tmp_path / "a" / "samples" / "samples_6.png").exists()   # sampled given the test images' low resolution
     training.train(c, str(tmp_path / "b"), max_steps=3)
     training.train(c, str(tmp_path / "b"))
     assert_same_state(final_weights(tmp_path / "a")[1], final_weights(tmp_path / "b")[1])
+    c.sampling.guidance_scale = 1.0   # guided on the low resolution
     res = evaluation.evaluate(c, str(tmp_path / "a"))   # the held-out loss and samples, given low resolutions
     assert res["heldout_loss"] > 0
     import numpy as np

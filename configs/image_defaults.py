@@ -16,10 +16,25 @@ DATA = {
 NETWORK = {  # the reference's choices for each network at CIFAR-10
     "ncsnpp": dict(fir=True, fir_kernel=(1, 3, 3, 1), resblock_type="biggan", progressive="none",
                    progressive_input="residual", progressive_combine="sum", embedding_type="fourier",
-                   fourier_scale=16.0, scale_by_sigma=True, skip_rescale=True, init_scale=0.0),
+                   fourier_scale=16.0, scale_by_sigma=True, skip_rescale=True, init_scale=0.0,
+                   resample_first=False, skip_scale=1.0),
     "ddpmpp": dict(fir=False, resblock_type="biggan", progressive="none", progressive_input="none",
-                   embedding_type="positional", scale_by_sigma=False, skip_rescale=True, init_scale=0.0),
+                   embedding_type="positional", scale_by_sigma=False, skip_rescale=True, init_scale=0.0,
+                   resample_first=False, skip_scale=1.0),
 }
+# Imagen's efficient U-Net (models/ncsnpp.py): more blocks at low resolution, resampling before the
+# down blocks and after the up blocks, skip features scaled by 1/sqrt(2). For a 3-level network.
+EFFICIENT = dict(num_res_blocks=(1, 2, 4), resample_first=True, skip_scale=2 ** -0.5)
+
+
+def options(arg: str, allowed) -> tuple:
+    """A config file's argument "<width>[,<option>...]" as (width, set of options); ValueError naming
+    what is not allowed."""
+    width, *opts = (arg or "small").split(",")
+    bad = sorted(set(opts) - set(allowed))
+    if bad:
+        raise ValueError(f"config argument options must be among {sorted(allowed)}, got {bad}")
+    return width, set(opts)
 WIDTH = {
     "small": dict(nf=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1),
     "paper": dict(nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,), dropout=0.1),

@@ -58,6 +58,16 @@ def check_unet_args(nf: int, ch_mult: Sequence[int], num_res_blocks: int, image_
         raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
 
 
+def blocks_per_level(num_res_blocks, levels: int) -> Tuple[int, ...]:
+    """num_res_blocks as one positive int per level: an int for every level, or a sequence of `levels`
+    of them (Imagen's efficient U-Net puts more blocks at the low resolutions, e.g. (1, 2, 4))."""
+    per = (num_res_blocks,) * levels if isinstance(num_res_blocks, int) else tuple(num_res_blocks)
+    if len(per) != levels or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in per):
+        raise ValueError(f"num_res_blocks must be a positive int or one positive int per level of ch_mult "
+                         f"({levels} levels), got {num_res_blocks!r}")
+    return per
+
+
 def check_unet_inputs(x: Tensor, cond: Tensor, num_channels: int, image_size: int) -> None:
     """Raise ValueError unless x is [B, num_channels, image_size, image_size] and cond is [B]."""
     want = (num_channels, image_size, image_size)
@@ -92,6 +102,13 @@ class NCSNpp(nn.Module):
     upsample; then GroupNorm, activation, 3x3 conv. Skip sums are divided by sqrt(2) when
     `skip_rescale`. The defaults are the reference's CIFAR-10 VE configuration.
 
+    Imagen's efficient U-Net (Saharia et al. 2022, appendix B), each option on its own:
+    `num_res_blocks` one int per level (more blocks at low resolution, where they are cheap);
+    `resample_first`: every level down-samples BEFORE its blocks and up-samples AFTER them, so level i
+    runs at image_size / 2**(i+1) and no block runs at full resolution (the first convolution's output
+    is then no skip feature); `skip_scale` multiplies each concatenated skip feature (Imagen: 1/sqrt(2)).
+    `resample_first` needs progressive = progressive_input = "none".
+
     With `progressive_input="input_skip"` the image pyramid is x, then `pyramid_downsample` of it
     once per level; with `progressive="output_skip"` the output pyramid is `pyramid_upsample` of the
     previous level's plus that level's GroupNorm-act-conv head. Both resamplers are 2x FIR (or box)
@@ -115,11 +132,13 @@ class NCSNpp(nn.Module):
                  conv_size: int = 3, embedding_type: str = "fourier", scale_by_sigma: bool = True,
                  nonlinearity: str = "swish", centered: bool = False, num_channels: int = 3,
                  image_size: int = 32, num_classes: int = 0, p_uncond: float = 0.0, learn_variance: bool = False,
-                 sr_from: int = 0, sr_upsample: str = "bilinear", sr_p_uncond: float = 0.0):
+                 sr_from: int = 0, sr_upsample: str = "bilinear", sr_p_uncond: float = 0.0,
+                 resample_first: bool = False, skip_scale: float = 1.0):
         super().__init__()
         ch_mult = tuple(ch_mult)
         check_label_args(num_classes, p_uncond)
-        check_unet_args(nf, ch_mult, num_res_blocks, image_size, num_channels, dropout,
+        self.blocks = blocks_per_level(num_res_blocks, len(ch_mult))
+        check_unet_args(nf, ch_mult, 1, image_size, num_channels, dropout,
                         resblock_type=resblock_type, progressive=progressive, progressive_input=progressive_input,
                         progressive_combine=progressive_combine, embedding_type=embedding_type,
                         attention_type=attention_type, nonlinearity=nonlinearity)
@@ -127,6 +146,15 @@ class NCSNpp(nn.Module):
             raise ValueError(f"conv_size must be 3 (the only size NCSN++ uses), got {conv_size!r}")
         _check_group_norm_channels(nf, ch_mult, progressive_combine == "cat" and progressive_input == "input_skip")
         updown.fir_kernel_1d(fir_kernel)  # validates the taps
+        if resample_first and (progressive != "none" or progressive_input != "none"):
+            raise ValueError(f"resample_first needs progressive = progressive_input = 'none', got {progressive!r} "
+                             f"and {progressive_input!r}")
+        if resample_first and image_size % 2 ** len(ch_mult):
+            raise ValueError(f"with resample_first, image_size must be a multiple of 2**len(ch_mult) = "
+                             f"{2 ** len(ch_mult)} (ch_mult={ch_mult}), got {image_size!r}")
+        if isinstance(skip_scale, bool) or not isinstance(skip_scale, (int, float)) or not skip_scale > 0:
+            raise ValueError(f"skip_scale must be a number > 0 (Imagen: 1/sqrt(2)), got {skip_scale!r}")
+        self.resample_first, self.skip_scale = bool(resample_first), float(skip_scale)
         self.sr_from = check_sr_args(sr_from, image_size, sr_upsample, sr_p_uncond)
         self.nf, self.ch_mult, self.num_res_blocks = nf, ch_mult, num_res_blocks
         self.num_channels, self.image_size, self.centered = num_channels, image_size, centered
@@ -136,7 +164,8 @@ class NCSNpp(nn.Module):
         self.embedding_type, self.resblock_type = embedding_type, resblock_type
         self.progressive, self.progressive_input = progressive, progressive_input
         self.act = layers.get_act(nonlinearity)
-        resolutions = [image_size // 2 ** i for i in range(len(ch_mult))]
+        shift = 1 if resample_first else 0  # level i's blocks run at image_size / 2**(i + shift)
+        resolutions = [image_size // 2 ** (i + shift) for i in range(len(ch_mult))]
         self.attn_at = [r in tuple(attn_resolutions) for r in resolutions]
         # Settings only the _build_* helpers read; dropped once the modules exist.
         self._opts = dict(dropout=dropout, fir=fir, fir_kernel=tuple(fir_kernel), init_scale=init_scale,
@@ -196,21 +225,21 @@ class NCSNpp(nn.Module):
     def _build_down(self, modules: List[nn.Module]) -> Tuple[List[int], int]:
         """Encoder modules; returns the channel counts of the skip features and the last width."""
         o, nf, levels = self._opts, self.nf, len(self.ch_mult)
-        skip_channels, in_ch, pyramid_ch = [nf], nf, self.num_channels
+        # with resample_first the first convolution's output is no skip feature (nothing at full resolution reads it)
+        skip_channels, in_ch, pyramid_ch = ([] if self.resample_first else [nf]), nf, self.num_channels
         for i in range(levels):
-            for _ in range(self.num_res_blocks):
+            if self.resample_first:
+                modules.append(self._downsample(in_ch))
+                skip_channels.append(in_ch)
+            for _ in range(self.blocks[i]):
                 modules.append(self._resnet_block(in_ch, nf * self.ch_mult[i]))
                 in_ch = nf * self.ch_mult[i]
                 if self.attn_at[i]:
                     modules.append(self._attn_block(in_ch))
                 skip_channels.append(in_ch)
-            if i == levels - 1:
-                break
-            if self.resblock_type == "ddpm":
-                modules.append(layers.Downsample(in_ch, with_conv=o["resamp_with_conv"], fir=o["fir"],
-                                                 fir_kernel=o["fir_kernel"]))
-            else:
-                modules.append(self._resnet_block(in_ch, down=True))
+            if i == levels - 1 or self.resample_first:
+                continue
+            modules.append(self._downsample(in_ch))
             if self.progressive_input == "input_skip":
                 modules.append(layers.Combine(pyramid_ch, in_ch, method=o["combine"]))
                 in_ch *= 2 if o["combine"] == "cat" else 1
@@ -221,6 +250,13 @@ class NCSNpp(nn.Module):
             skip_channels.append(in_ch)
         return skip_channels, in_ch
 
+    def _downsample(self, in_ch: int) -> nn.Module:
+        """A 2x down-sampling: a BigGAN block with down=True, or a DDPM Downsample."""
+        o = self._opts
+        if self.resblock_type == "ddpm":
+            return layers.Downsample(in_ch, with_conv=o["resamp_with_conv"], fir=o["fir"], fir_kernel=o["fir_kernel"])
+        return self._resnet_block(in_ch, down=True)
+
     def _build_middle(self, modules: List[nn.Module], in_ch: int) -> int:
         modules += [self._resnet_block(in_ch), self._attn_block(in_ch), self._resnet_block(in_ch)]
         return in_ch
@@ -230,7 +266,7 @@ class NCSNpp(nn.Module):
         o, nf, c, levels = self._opts, self.nf, self.out_channels, len(self.ch_mult)
         pyramid_ch = 0
         for i in reversed(range(levels)):
-            for _ in range(self.num_res_blocks + 1):
+            for _ in range(self.blocks[i] + 1):
                 modules.append(self._resnet_block(in_ch + skip_channels.pop(), nf * self.ch_mult[i]))
                 in_ch = nf * self.ch_mult[i]
             if self.attn_at[i]:
@@ -249,7 +285,7 @@ class NCSNpp(nn.Module):
                 modules.append(layers.Upsample(pyramid_ch, in_ch, with_conv=True, fir=o["fir"],
                                                fir_kernel=o["fir_kernel"]))
                 pyramid_ch = in_ch
-            if i != 0:
+            if i != 0 or self.resample_first:
                 if self.resblock_type == "ddpm":
                     modules.append(layers.Upsample(in_ch, with_conv=o["resamp_with_conv"], fir=o["fir"],
                                                    fir_kernel=o["fir_kernel"]))
@@ -302,14 +338,16 @@ class NCSNpp(nn.Module):
         hs = [next(mods)(first)]
         levels = len(self.ch_mult)
         for i in range(levels):
-            for _ in range(self.num_res_blocks):
+            if self.resample_first:
+                hs.append(self._resample(next(mods), hs[-1], temb))
+            for _ in range(self.blocks[i]):
                 h = next(mods)(hs[-1], temb)
                 if self.attn_at[i]:
                     h = next(mods)(h)
                 hs.append(h)
-            if i == levels - 1:
-                break
-            h = next(mods)(hs[-1]) if self.resblock_type == "ddpm" else next(mods)(hs[-1], temb)
+            if i == levels - 1 or self.resample_first:
+                continue
+            h = self._resample(next(mods), hs[-1], temb)
             if self.progressive_input == "input_skip":
                 pyramid = self.pyramid_downsample(pyramid)
                 h = next(mods)(pyramid, h)
@@ -317,7 +355,7 @@ class NCSNpp(nn.Module):
                 pyramid = self._skip_sum(next(mods)(pyramid), h)
                 h = pyramid
             hs.append(h)
-        return hs
+        return hs[1:] if self.resample_first else hs
 
     def _middle(self, h: Tensor, temb: Tensor | None, mods: Iterator[nn.Module]) -> Tensor:
         h = next(mods)(h, temb)
@@ -329,8 +367,9 @@ class NCSNpp(nn.Module):
         pyramid = None
         levels = len(self.ch_mult)
         for i in reversed(range(levels)):
-            for _ in range(self.num_res_blocks + 1):
-                h = next(mods)(torch.cat([h, hs.pop()], dim=1), temb)
+            for _ in range(self.blocks[i] + 1):
+                skip = hs.pop()
+                h = next(mods)(torch.cat([h, skip if self.skip_scale == 1 else skip * self.skip_scale], dim=1), temb)
             if self.attn_at[i]:
                 h = next(mods)(h)
             if self.progressive != "none" and i == levels - 1:
@@ -340,11 +379,15 @@ class NCSNpp(nn.Module):
             elif self.progressive == "residual":
                 pyramid = self._skip_sum(next(mods)(pyramid), h)
                 h = pyramid
-            if i != 0:
-                h = next(mods)(h) if self.resblock_type == "ddpm" else next(mods)(h, temb)
+            if i != 0 or self.resample_first:
+                h = self._resample(next(mods), h, temb)
         if self.progressive == "output_skip":
             return pyramid
         return self._norm_act_conv(h, mods)
+
+    def _resample(self, module: nn.Module, h: Tensor, temb: Tensor | None) -> Tensor:
+        """A 2x down- or up-sampling: a DDPM (Down|Up)sample reads h alone, a BigGAN block temb too."""
+        return module(h) if self.resblock_type == "ddpm" else module(h, temb)
 
     def _norm_act_conv(self, h: Tensor, mods: Iterator[nn.Module]) -> Tensor:
         norm, conv = next(mods), next(mods)  # the GroupNorm precedes its conv in all_modules

@@ -138,6 +138,7 @@ class NCSNpp(nn.Module):
         ch_mult = tuple(ch_mult)
         check_label_args(num_classes, p_uncond)
         self.blocks = blocks_per_level(num_res_blocks, len(ch_mult))
+        # num_res_blocks is checked (per level) by blocks_per_level; the shared check sees one valid count
         check_unet_args(nf, ch_mult, 1, image_size, num_channels, dropout,
                         resblock_type=resblock_type, progressive=progressive, progressive_input=progressive_input,
                         progressive_combine=progressive_combine, embedding_type=embedding_type,

@@ -78,11 +78,10 @@ class LowResConditioning(nn.Module):
 
     def dropped(self, low_res: Tensor | None, low_res_null, batch: int, device) -> Tensor | None:
         """Which samples' low resolution is dropped, [B] bool, or None where none is."""
-        if low_res is None or low_res_null is not None or (self.training and self.p_uncond > 0):
-            if self.p_uncond == 0:
-                what = "low_res = None" if low_res is None else "low_res_null"
-                raise ValueError(f"{what} asks for the unconditional score, but this super-resolution network was "
-                                 "trained without dropping its low resolution (model.sr_p_uncond = 0)")
+        if self.p_uncond == 0 and (low_res is None or low_res_null is not None):
+            what = "low_res = None" if low_res is None else "low_res_null"
+            raise ValueError(f"{what} asks for the unconditional score, but this super-resolution network was "
+                             "trained without dropping its low resolution (model.sr_p_uncond = 0)")
         if low_res is None:
             return torch.ones(batch, dtype=torch.bool, device=device)
         null = None

@@ -36,6 +36,16 @@ def _twice(v: Optional[Tensor]) -> Optional[Tensor]:
     return None if v is None else torch.cat([v, v])
 
 
+def _mix(score_fn: Callable[..., Tensor], x: Tensor, t, w: float, **doubled) -> Tensor:
+    """(1 + w) s_c - w s_null from ONE call of score_fn on [x; x] whose conditioning `doubled` (each
+    [2 B, ...]) makes the first half conditional and the second unconditional."""
+    B = x.shape[0]
+    t2 = torch.cat([t, t]) if torch.is_tensor(t) and t.ndim else t
+    both = score_fn(torch.cat([x, x]), t2, **doubled)
+    s_c, s_null = both[:B], both[B:]
+    return s_c + w * (s_c - s_null)  # = (1 + w) s_c - w s_null
+
+
 def _with_y(keys: Optional[tuple], fn_name: str = "", needs_y: bool = False) -> Optional[tuple]:
     """The conditioning a guided score takes: y and the rest of what the guided score_fn takes (which must
     take y itself when `needs_y`: classifier-free guidance)."""
@@ -71,12 +81,8 @@ def cfg_score(score_fn: Callable[..., Tensor], guidance_scale: float, null_label
             checked[0] = y
         if w == 0:
             return score_fn(x, t, y=y, **cond)
-        # One network call on the doubled batch: the conditional half, then the unconditional one.
-        null = torch.full_like(y, null_label)
-        t2 = torch.cat([t, t]) if torch.is_tensor(t) and t.ndim else t
-        both = score_fn(torch.cat([x, x]), t2, y=torch.cat([y, null]), **{k: _twice(v) for k, v in cond.items()})
-        s_y, s_null = both[:B], both[B:]
-        return s_y + w * (s_y - s_null)  # = (1 + w) s_y - w s_null
+        return _mix(score_fn, x, t, w, y=torch.cat([y, torch.full_like(y, null_label)]),
+                    **{k: _twice(v) for k, v in cond.items()})
 
     guided.guidance_scale, guided.null_label = w, null_label
     guided.cond_keys = _with_y(cond_keys(score_fn), getattr(score_fn, "__name__", type(score_fn).__name__), True)
@@ -104,13 +110,9 @@ def low_res_cfg_score(score_fn: Callable[..., Tensor], guidance_scale: float) ->
             raise ValueError("low-resolution classifier-free guidance needs low_res (cond={'low_res': z, ...})")
         if w == 0:
             return score_fn(x, t, low_res=low_res, **cond)
-        B = x.shape[0]
-        null = torch.arange(2 * B, device=x.device) >= B
-        t2 = torch.cat([t, t]) if torch.is_tensor(t) and t.ndim else t
-        both = score_fn(torch.cat([x, x]), t2, low_res=_twice(low_res), low_res_null=null,
-                        **{k: _twice(v) for k, v in cond.items() if k != "low_res_null"})
-        s_c, s_null = both[:B], both[B:]
-        return s_c + w * (s_c - s_null)
+        null = torch.arange(2 * x.shape[0], device=x.device) >= x.shape[0]   # [False; True]
+        return _mix(score_fn, x, t, w, low_res=_twice(low_res), low_res_null=null,
+                    **{k: _twice(v) for k, v in cond.items()})
 
     guided.guidance_scale = w
     guided.cond_keys = None if keys is None else tuple(k for k in keys if k != "low_res_null")

@@ -87,8 +87,9 @@ def num_classes(config) -> int:
 def build_score_fn(config, sde: sde_lib.SDE, net: torch.nn.Module, device: torch.device):
     """The score samplers use: the wrapped network, guided by config.sampling.guidance at
     config.sampling.guidance_scale when that is > 0 (classifier-free: `samplers.cfg_score`, or for a
-    super-resolution model `samplers.low_res_cfg_score`, which drops the low resolution; one batched call per step; classifier: `samplers.classifier_guided_score` with the noisy classifier,
-    loaded onto `device`, where `net` is)."""
+    super-resolution model `samplers.low_res_cfg_score`, which drops the low resolution; one batched
+    call per step; classifier: `samplers.classifier_guided_score` with the noisy classifier, loaded
+    onto `device`, where `net` is)."""
     model, s = build_precond(config, sde, net), config.sampling
     if s.guidance_scale == 0:
         return model

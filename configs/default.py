@@ -154,6 +154,36 @@ def get_default_config() -> ml_collections.ConfigDict:
     sampling.n_samples = 2000     # samples per snapshot
     sampling.batch_size = 2000
 
+    # Distillation to a few network calls (--mode distill; score_toolkit/distillation.py). The run trains a
+    # student of this config's network, started from the teacher's weights, into its own workdir.
+    config.distill = distill = ml_collections.ConfigDict()
+    distill.method = ""           # "" (none) | progressive | consistency_distillation | consistency_training
+    distill.teacher = ""          # the teacher: a trained workdir, or weights written by --mode export
+    distill.guidance_scale = 0.0  # w > 0: the student learns the classifier-free guided teacher at w
+    # progressive: halvings teacher_steps -> ... -> final_steps of DDIM on the named grid, each training
+    # steps_per_halving steps (training.n_iters must be their total); the x-space loss's weighting
+    distill.grid = "uniform_t"    # uniform_t | uniform_log_snr | karras | quadratic
+    distill.teacher_steps = 64
+    distill.final_steps = 4
+    distill.steps_per_halving = 1000
+    # the loss's weighting; "": the method's default, truncated_snr for progressive (max(SNR, 1) | snr_plus_one |
+    # snr), uniform for consistency models (| inverse_delta: 1 / (nu_{n+1} - nu_n))
+    distill.weighting = ""
+    # consistency models: the boundary sigma_min (the noise level sigma / alpha where f(x) = x; 0: that of
+    # sampling.eps), the data's std, the boundaries' schedule N(k) and the target's EMA mu(k)
+    distill.sigma_min = 0.0
+    distill.sigma_data = 0.5
+    distill.schedule = "fixed"    # fixed (N = s1, mu = mu0) | song | improved
+    distill.s0 = 2
+    distill.s1 = 18
+    distill.mu0 = 0.95
+    distill.solver = "heun"       # consistency_distillation's teacher step: euler | heun | ddim
+    distill.loss = "l2"           # l2 | pseudo_huber
+    distill.huber_c = 0.0         # pseudo_huber's c; 0: 0.00054 sqrt(dimensions)
+    distill.times = "uniform"     # uniform | lognormal (P_mean, P_std below) over the boundaries' pairs
+    distill.p_mean = -1.1
+    distill.p_std = 2.0
+
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.batch_size = 500
     evaluate.enable_loss = True

@@ -20,7 +20,7 @@ from samplers.grids import (check_grid, get_grid, karras, list_grids, quadratic,
 from samplers.ode import chooses_own_steps, ode_loop, ode_methods, ode_sample, solve_flow
 from samplers.pc import pc_loop, pc_sample
 from samplers.predictors import Predictor, get_predictor, list_predictors, register_predictor
-from samplers import (adaptive, ancestral, cascade, controllable, ddim, ddrm, dpm_solver, edm, fitted_grid, guidance,
+from samplers import (adaptive, ancestral, cascade, consistency, controllable, ddim, ddrm, dpm_solver, edm, fitted_grid, guidance,
                       guided_posterior, observations, particle, posterior, unipc)
 from samplers.ddim import *  # noqa: F401,F403
 from samplers.dpm_solver import *  # noqa: F401,F403
@@ -37,6 +37,7 @@ from samplers.ddrm import *  # noqa: F401,F403
 from samplers.guided_posterior import *  # noqa: F401,F403
 from samplers.posterior import *  # noqa: F401,F403
 from samplers.cascade import *  # noqa: F401,F403
+from samplers.consistency import *  # noqa: F401,F403
 
 __all__ = [
     "pc_sample", "pc_loop", "ode_sample", "ode_loop", "solve_flow", "ode_methods", "chooses_own_steps",
@@ -46,4 +47,4 @@ __all__ = [
     "get_predictor", "get_corrector", "list_predictors", "list_correctors",
 ] + ddim.__all__ + dpm_solver.__all__ + edm.__all__ + adaptive.__all__ + ancestral.__all__ + unipc.__all__ + fitted_grid.__all__ + guidance.__all__ + controllable.__all__ \
     + observations.__all__ + particle.__all__ + ddrm.__all__ + guided_posterior.__all__ + posterior.__all__ \
-    + cascade.__all__
+    + cascade.__all__ + consistency.__all__

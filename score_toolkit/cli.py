@@ -36,6 +36,8 @@ from score_toolkit.errors import MissingInputError, UsageError, UserError
 
 MODES = {
     "train": "train into the workdir; run it again to resume from the newest checkpoint",
+    "distill": "train a few-step student of config.distill.teacher (progressive distillation, consistency "
+               "distillation or training) into the workdir; run it again to resume",
     "eval": "held-out loss, NLL (nats, bits/dim), samples and their quality -> <workdir>/<eval_folder>/results.json",
     "sample": "config.sampling.n_samples samples -> <workdir>/<eval_folder>/samples_<method>_ckpt<step>/ and .png",
     "cascade": "a cascade of workdirs (config.sampling.cascade_from: the stage below, down to a base model): every "
@@ -205,6 +207,7 @@ def main(command: Command, argv: List[str]) -> int:
     from score_toolkit import prepare
     from score_toolkit import runtime
     from score_toolkit import cascade_run
+    from score_toolkit import distill_run
     from score_toolkit import training
     from score_toolkit.workdir_lock import WorkdirLock
 
@@ -217,7 +220,11 @@ def main(command: Command, argv: List[str]) -> int:
         return 0
     workdir = FLAGS.workdir or os.path.join("workdirs", os.path.splitext(os.path.basename(command.config.partition(":")[0]))[0])
     try:
+        if mode == "train" and config.distill.method:
+            raise UsageError(f"config.distill.method = {config.distill.method!r} trains a student: run it with "
+                             f"{command.line('distill', FLAGS.workdir)}")
         net = (training.check_inputs(config, workdir) if mode == "train"
+               else distill_run.check_inputs(config, workdir) if mode == "distill"
                else cascade_run.check_inputs(config, workdir) if mode == "cascade"
                else evaluation.check_inputs(config, workdir, mode))
     except MissingInputError as e:
@@ -240,6 +247,8 @@ def main(command: Command, argv: List[str]) -> int:
     with distributed.session(runtime.get_device(config)):  # torchrun's ranks share the work; rank 0 writes
         if mode == "train":
             training.train(config, workdir, net=net)
+        elif mode == "distill":
+            distill_run.run(config, workdir, net=net)
         elif mode == "eval":
             evaluation.evaluate(config, workdir, FLAGS.eval_folder, net=net)
         elif mode == "sample":

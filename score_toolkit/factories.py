@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
+from score_toolkit import distillation
 from score_toolkit import losses
 from score_toolkit import noisy_classifier
 from score_toolkit import vlb_losses
@@ -70,9 +71,30 @@ def build_model(config) -> torch.nn.Module:
 
 
 def build_precond(config, sde: sde_lib.SDE, net: torch.nn.Module) -> models.Precond:
-    """The wrapper that turns `net`'s output into scores, x0 and eps estimates (`models.precond`)."""
+    """The wrapper that turns `net`'s output into scores, x0 and eps estimates (`models.precond`); for
+    a consistency model (config.distill.method consistency_*), its consistency function around that."""
     param = config.model.parametrization
-    return models.Precond(sde, net, None if param == "auto" else param, continuous=config.training.continuous)
+    precond = models.Precond(sde, net, None if param == "auto" else param, continuous=config.training.continuous)
+    if is_consistency(config):
+        return models.ConsistencyFunction(precond, consistency_t_min(config, sde), config.distill.sigma_data)
+    return precond
+
+
+def is_consistency(config) -> bool:
+    return config.distill.method in ("consistency_distillation", "consistency_training")
+
+
+def consistency_t_min(config, sde: sde_lib.SDE) -> float:
+    """The time of a consistency model's boundary: where its noise level sigma / alpha is
+    config.distill.sigma_min, or config.sampling.eps when that is 0."""
+    sigma_min = config.distill.sigma_min
+    if sigma_min == 0:
+        return config.sampling.eps
+    lowest, highest = (float(v) for v in models.consistency.noise_level(sde, torch.tensor([0.0, sde.T])))
+    require(lowest < sigma_min < highest, "distill.sigma_min", sigma_min,
+            f"must lie between the SDE's smallest and largest noise levels sigma / alpha, ({lowest:.6g}, "
+            f"{highest:.6g}), or be 0 (the level at sampling.eps)")
+    return float(sde.t_from_log_snr(torch.tensor(-math.log(sigma_min), dtype=torch.float64)))
 
 
 def num_classes(config) -> int:
@@ -126,6 +148,8 @@ def build_loss(config, sde: sde_lib.SDE) -> Callable:
     """The training loss of config.training.objective: the DSM loss ("simple", `losses.get_loss_fn`) or
     the discrete chain's bound ("hybrid", "vlb": `vlb_losses.VLBLoss`, whose term sampler is stateful)."""
     t = config.training
+    if config.distill.method:
+        return distillation_loss(config, sde)
     try:
         if t.objective != "simple":
             return vlb_losses.VLBLoss(sde, vlb_chain(config, sde), t.objective, vlb_weight=t.vlb_weight,
@@ -136,6 +160,24 @@ def build_loss(config, sde: sde_lib.SDE) -> Callable:
                                   importance_sampling=t.importance_sampling, reduce=t.reduce, eps=t.eps)
     except ValueError as e:
         raise ConfigError(f"config.training: {e}") from e
+
+
+def distillation_loss(config, sde: sde_lib.SDE):
+    """The loss of --mode distill (`distillation`): its teacher is attached by `distill_run`."""
+    d = config.distill
+    try:
+        if d.method == "progressive":
+            return distillation.ProgressiveDistillation(sde, d.grid, d.teacher_steps, d.final_steps,
+                                                        d.steps_per_halving, d.weighting or "truncated_snr",
+                                                        eps=config.sampling.eps)
+        require(d.method in distillation.METHODS, "distill.method", d.method,
+                f"must be '' (no distillation) or one of {', '.join(distillation.METHODS)}")
+        return distillation.ConsistencyLoss(
+            sde, d.method, config.training.n_iters, consistency_t_min(config, sde), d.sigma_data, schedule=d.schedule,
+            s0=d.s0, s1=d.s1, mu0=d.mu0, solver=d.solver, loss=d.loss, huber_c=d.huber_c, weighting=d.weighting or "uniform",
+            times=d.times, p_mean=d.p_mean, p_std=d.p_std)
+    except ValueError as e:
+        raise ConfigError(f"config.distill.{str(e)}") from e
 
 
 def data_range(config) -> float:
@@ -196,6 +238,8 @@ def sampler_kwargs(config, grid: Optional[Tensor] = None) -> Dict[str, Any]:
     and denoise."""
     s, info = config.sampling, samplers.sampler_info(config.sampling.method)
     kwargs = {**sampler_options(config), "eps": s.eps, "denoise": s.denoise}
+    if is_consistency(config):  # sampling ends at the consistency model's boundary
+        kwargs["eps"] = consistency_t_min(config, build_sde(config))
     if not info.own_steps(kwargs):
         # "fitted" without the fitted times (training's snapshots): the sampler's default grid.
         kwargs["grid"] = (None if s.grid in ("", "fitted") else s.grid) if grid is None else grid

@@ -55,7 +55,8 @@ def describe_differences(diffs) -> str:
 # on continuous or discrete noise labels). The optimizer, batch size, seed, the amount of data and the
 # training-only settings (augmentation, EMA rate, dropout, label dropout) made them, but any config may
 # sample from them.
-WEIGHTS_KEYS = ("data.", "sde.", "model.", "training.continuous")
+WEIGHTS_KEYS = ("data.", "sde.", "model.", "training.continuous", "distill.method", "distill.sigma_min",
+                "distill.sigma_data")
 NOT_WEIGHTS_KEYS = ("data.n_train", "data.n_test", "data.random_flip", "model.ema_rate", "model.dropout",
                     "model.p_uncond")
 

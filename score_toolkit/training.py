@@ -27,6 +27,7 @@ from score_toolkit import memory
 from score_toolkit import factories
 import models
 from score_toolkit import plotting
+from score_toolkit import run_config
 from score_toolkit import runtime
 from score_toolkit import super_resolution
 from score_toolkit import validation
@@ -193,6 +194,25 @@ def snapshot(state: TrainState, config, sde, data, workdir: str) -> str:
     return path
 
 
+def save_stage(state: TrainState, config, workdir: str, name: str) -> str:
+    """The EMA weights of a finished stage -> <workdir>/distilled/<name>.pt, in --mode export's layout
+    (for config.eval.weights_path); written atomically, and never over an existing file."""
+    path = os.path.join(workdir, "distilled", f"{name}.pt")
+    if os.path.exists(path):  # a resumed run that reached this stage before: the same weights
+        return path
+    params = list(state.model.parameters())
+    state.ema.store(params)
+    state.ema.copy_to(params)
+    try:
+        weights = {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}
+    finally:
+        state.ema.restore(params)
+    checkpoints.atomic_save({"model": weights, "step": state.step, "config": run_config.weights_config(config)},
+                            path, what=f"the distilled weights {name}")
+    logging.info("stage %s done at step %d: %s", name, state.step, path)
+    return path
+
+
 class MetricsLog:
     """metrics.jsonl in the workdir: one JSON object per logged step, trimmed on resume."""
 
@@ -295,7 +315,8 @@ def check_inputs(config, workdir: str) -> torch.nn.Module:
     return net
 
 
-def train(config, workdir: str, max_steps: Optional[int] = None, net: Optional[torch.nn.Module] = None) -> TrainState:
+def train(config, workdir: str, max_steps: Optional[int] = None, net: Optional[torch.nn.Module] = None,
+          loss_fn=None) -> TrainState:
     """Train per config into workdir, resuming from its newest readable checkpoint.
 
     `max_steps` stops after that many steps of this call (a test hook); checkpoints still follow
@@ -303,6 +324,11 @@ def train(config, workdir: str, max_steps: Optional[int] = None, net: Optional[t
     repeated. SIGINT or SIGTERM saves the step in progress and raises TrainingStopped.
     Under torchrun every rank runs this; rank 0 alone writes, and a signal on any rank stops all of
     them after the same step.
+
+    `loss_fn`: the loss to train (default `factories.build_loss(config, sde)`). One with hooks
+    (`distillation`) has `before_step(state)` called before each step and `after_step(state)` after
+    it; a name that after_step returns ends a stage, whose EMA weights are then written to
+    <workdir>/distilled/<name>.pt (as --mode export writes them) beside a checkpoint.
     """
     if net is None:
         net = check_inputs(config, workdir)
@@ -313,7 +339,8 @@ def train(config, workdir: str, max_steps: Optional[int] = None, net: Optional[t
     ckpt_dir = os.path.join(workdir, "checkpoints")
     sde = factories.build_sde(config)
     data = super_resolution.wrap(config, data_lib.load(config), sde)
-    loss_fn = factories.build_loss(config, sde)
+    loss_fn = factories.build_loss(config, sde) if loss_fn is None else loss_fn
+    before, after = getattr(loss_fn, "before_step", None), getattr(loss_fn, "after_step", None)
     state = resume_or_start(config, ckpt_dir, net, loss_fn)
     if distributed.active():
         distributed.seed_rank_rng(config.seed, state.step)
@@ -335,8 +362,11 @@ def train(config, workdir: str, max_steps: Optional[int] = None, net: Optional[t
             batch = batch.to(state.device)
             if t.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
+            if before is not None:
+                before(state)
             loss, grad_norm = train_step(state, loss_fn, model, batch, config, cond)
             _stop_if_not_finite(loss, state.step + 1, ckpt_dir)
+            stage = after(state) if after is not None else None
             bar.update(1)
             step = state.step
             if main and (step % t.log_freq == 0 or step == end):
@@ -348,8 +378,10 @@ def train(config, workdir: str, max_steps: Optional[int] = None, net: Optional[t
                     record["loss_scale"] = state.scaler.get_scale()
                 metrics.write(record)
                 logging.info("step %d  loss %.5f  grad_norm %.3f  %.1f steps/s", step, loss, grad_norm, rate)
-            if main and (step % t.checkpoint_freq == 0 or step == t.n_iters):
+            if main and (step % t.checkpoint_freq == 0 or step == t.n_iters or stage):
                 checkpoints.save_checkpoint(ckpt_dir, step, state.state_dict(config), t.keep_checkpoints)
+            if main and stage:
+                save_stage(state, config, workdir, stage)
             if main and (step % t.snapshot_freq == 0 or step == t.n_iters):
                 logging.info("samples: %s", snapshot(state, config, sde, data, workdir))
                 metrics.plot(os.path.join(workdir, "loss.png"))

@@ -54,6 +54,7 @@ def validate_config(config: ml_collections.ConfigDict) -> torch.nn.Module:
     _validate_variances(config, sde)
     _validate_super_resolution(config)
     factories.build_loss(config, sde)
+    _validate_distill(config)
     _validate_parametrization(config, sde)
     with torch.random.fork_rng(devices=[]):  # the caller's RNG stays as it was
         torch.manual_seed(config.seed)
@@ -139,6 +140,26 @@ def _validate_sampler_options(config) -> None:
         key = factories.option_key(config, word.group(0)) if word else None
         where = f"config.sampling.{key} = {s[key]!r}" if key else f"config.sampling.method = {s.method!r}"
         raise ConfigError(f"{where} is not allowed: {e}") from e
+
+
+def _validate_distill(config) -> None:
+    """config.distill (`factories.distillation_loss` checks the method's own keys)."""
+    d = config.distill
+    if not d.method:
+        return
+    if d.method == "progressive":
+        total = factories.build_loss(config, factories.build_sde(config)).total_steps
+        require(config.training.n_iters == total, "training.n_iters", config.training.n_iters,
+                f"must be the distillation's {total} steps: its halvings "
+                f"(distill.teacher_steps {d.teacher_steps} -> distill.final_steps {d.final_steps}) times "
+                f"distill.steps_per_halving {d.steps_per_halving}")
+    require(d.guidance_scale >= 0, "distill.guidance_scale", d.guidance_scale, "must be >= 0")
+    require(d.guidance_scale == 0 or (config.model.num_classes > 0 and config.model.p_uncond > 0),
+            "distill.guidance_scale", d.guidance_scale, "needs a class-conditional teacher trained with label "
+            "dropout (model.num_classes > 0, model.p_uncond > 0)")
+    require(d.guidance_scale == 0 or config.sampling.guidance_scale == 0, "sampling.guidance_scale",
+            config.sampling.guidance_scale, "must be 0 for a student that learned the guided teacher "
+            "(distill.guidance_scale > 0): it samples guided already")
 
 
 def _validate_super_resolution(config) -> None:

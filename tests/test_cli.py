@@ -57,7 +57,7 @@ def assert_clean_error(r, status=2):
     (["--config=configs/cifar10_ve_ncsnpp.py:huge"],
      "error: --config configs/cifar10_ve_ncsnpp.py:huge: config argument (width) must be one of ['paper', 'small'], "
      "got 'huge'", None),
-    (["--mode", "trian"], "error: --mode=trian: must be one of train, eval, sample, cascade, export, classifier, stats, noisy_classifier, config; "
+    (["--mode", "trian"], "error: --mode=trian: must be one of train, distill, eval, sample, cascade, export, classifier, stats, noisy_classifier, config; "
      "did you mean --mode=train?", None),
     (["--workdr=x"], "error: Unknown command line flag 'workdr'. did you mean --workdir?", None),
 ])

@@ -1,0 +1,112 @@
+"""Classifier-FID of distilled Fashion-MNIST students beside the shipped teacher's best few-step samplers,
+all drawn in one run from the same prior draws (seed 1000 + batch).
+
+    python benchmarks/bench_distill_fashionmnist.py --data-root /usr/share/datasets/fashion-mnist \
+        --student pd=workdirs/distill_pd --student cd=workdirs/distill_cd --n-samples 2000
+
+Each --student NAME=WORKDIR is a --mode distill workdir: a progressive one is measured at every
+distilled/steps_<n>.pt it holds (DDIM with n steps on its grid), a consistency one at --cm-steps with its
+newest checkpoint's EMA weights (one-step and multistep consistency sampling on the Karras grid). The
+teacher (the shipped EMA weights) is measured with --baselines (sampler:calls). One JSON line per
+measurement to --out and stdout, then a summary with the configuration and the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+import time
+
+import ml_collections
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import samplers  # noqa: E402
+from benchmarks._common import emit, machine  # noqa: E402
+from benchmarks.fid_few_step import prepare  # noqa: E402
+from score_toolkit import evaluation, factories, features  # noqa: E402
+
+
+def draw(sde, score_fn, method, kwargs, n, batch, shape=(1, 32, 32)):
+    """n samples in batches of `batch`, seed 1000 + b for batch b; (samples, nfe per sample, seconds)."""
+    fn, parts, nfe, t0 = samplers.get_sampler(method), [], 0, time.perf_counter()
+    for b in range((n + batch - 1) // batch):
+        x, nfe = fn(sde, score_fn, (min(batch, n - b * batch), *shape), seed=1000 + b, **kwargs)
+        parts.append(x)
+    return torch.cat(parts), nfe, round(time.perf_counter() - t0, 1)
+
+
+def student_config(workdir: str) -> ml_collections.ConfigDict:
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    config.device = "cpu"
+    return config
+
+
+def students(spec: str, cm_steps, pd_max_steps: int):
+    """(label, config, weights file or '' for the newest checkpoint, sampler kwargs) of one --student."""
+    name, workdir = spec.split("=", 1)
+    config = student_config(workdir)
+    if config.distill.method == "progressive":
+        found = sorted(glob.glob(os.path.join(workdir, "distilled", "steps_*.pt")),
+                       key=lambda p: -int(re.findall(r"steps_(\d+)", p)[0]))
+        for path in found:
+            n = int(re.findall(r"steps_(\d+)", path)[0])
+            if n > pd_max_steps:
+                continue
+            yield f"{name}_{n}", config, path, {"steps": n, "grid": config.distill.grid}, workdir
+    else:
+        for k in cm_steps:
+            yield f"{name}_{k}", config, "", {"steps": k, "grid": "karras"}, workdir
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--features", default="workdirs/fmnist_features")
+    p.add_argument("--classifier-steps", type=int, default=3000)
+    p.add_argument("--student", action="append", default=[], help="NAME=WORKDIR of a --mode distill run (repeatable)")
+    p.add_argument("--cm-steps", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--pd-max-steps", type=int, default=8, help="progressive students with at most this many steps")
+    p.add_argument("--baselines", default="unipc:4,unipc:5,unipc:10,dpmpp_2m:4,dpmpp_2m:10")
+    p.add_argument("--n-samples", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="benchmarks/results/distill_fashionmnist_cpu.jsonl")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    config, data = prepare(args)
+    quality = features.quality_fn(config)
+    sde = factories.build_sde(config)
+    teacher, step = evaluation.load_ema_model(config, "unused: weights_path is set")
+    teacher_fn = factories.build_precond(config, sde, teacher)
+
+    def measure(label, score_fn, method, kwargs, **extra):
+        x, nfe, seconds = draw(sde, score_fn, method, kwargs, args.n_samples, args.batch)
+        q = quality(data.to_uint8(x))
+        fid = next(v for k, v in q.items() if k.startswith("FID"))
+        emit({"model": label, "sampler": method, **kwargs, "nfe": nfe, "fid": round(fid, 2), "n": args.n_samples,
+              "seconds": seconds, **extra}, args.out)
+
+    with torch.no_grad():
+        for spec in args.baselines.split(","):
+            method, calls = spec.split(":")
+            measure(f"teacher_{method}", teacher_fn, method, {"steps": int(calls)}, checkpoint=step)
+        for spec in args.student:
+            for label, cfg, weights, kwargs, workdir in students(spec, args.cm_steps, args.pd_max_steps):
+                cfg.eval.weights_path = weights
+                net, s = evaluation.load_ema_model(cfg, workdir)
+                fn = factories.build_precond(cfg, sde, net)
+                method = "ddim" if cfg.distill.method == "progressive" else "consistency"
+                if method == "consistency":
+                    kwargs = {**kwargs, "eps": fn.t_min}
+                measure(label, fn, method, kwargs, checkpoint=s, method_distilled=cfg.distill.method)
+    emit({"summary": True, "args": vars(args), "machine": machine()}, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import re
 import sys
@@ -46,7 +47,7 @@ def student_config(workdir: str) -> ml_collections.ConfigDict:
     return config
 
 
-def students(spec: str, cm_steps, pd_max_steps: int):
+def students(spec: str, cm_steps, pd_max_steps: int, cm_mid: float):
     """(label, config, weights file or '' for the newest checkpoint, sampler kwargs) of one --student."""
     name, workdir = spec.split("=", 1)
     config = student_config(workdir)
@@ -61,6 +62,8 @@ def students(spec: str, cm_steps, pd_max_steps: int):
     else:
         for k in cm_steps:
             yield f"{name}_{k}", config, "", {"steps": k, "grid": "karras"}, workdir
+        if cm_mid:  # two steps through Song et al.'s intermediate noise level instead of the Karras grid's
+            yield f"{name}_2_mid{cm_mid:g}", config, "", {"mid": cm_mid}, workdir
 
 
 def main() -> None:
@@ -70,8 +73,10 @@ def main() -> None:
     p.add_argument("--classifier-steps", type=int, default=3000)
     p.add_argument("--student", action="append", default=[], help="NAME=WORKDIR of a --mode distill run (repeatable)")
     p.add_argument("--cm-steps", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--cm-mid", type=float, default=0.821, help="noise level sigma / alpha of a 2-step run's middle "
+                   "time (0: none)")
     p.add_argument("--pd-max-steps", type=int, default=8, help="progressive students with at most this many steps")
-    p.add_argument("--baselines", default="unipc:4,unipc:5,unipc:10,dpmpp_2m:4,dpmpp_2m:10")
+    p.add_argument("--baselines", default="unipc:4,unipc:5,unipc:10,dpmpp_2m:4,dpmpp_2m:10,ddim:4,ddim:8")
     p.add_argument("--n-samples", type=int, default=2000)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--threads", type=int, default=2)
@@ -89,7 +94,8 @@ def main() -> None:
         x, nfe, seconds = draw(sde, score_fn, method, kwargs, args.n_samples, args.batch)
         q = quality(data.to_uint8(x))
         fid = next(v for k, v in q.items() if k.startswith("FID"))
-        emit({"model": label, "sampler": method, **kwargs, "nfe": nfe, "fid": round(fid, 2), "n": args.n_samples,
+        shown = {k: [round(t, 6) for t in val.tolist()] if torch.is_tensor(val) else val for k, val in kwargs.items()}
+        emit({"model": label, "sampler": method, **shown, "nfe": nfe, "fid": round(fid, 2), "n": args.n_samples,
               "seconds": seconds, **extra}, args.out)
 
     with torch.no_grad():
@@ -97,12 +103,15 @@ def main() -> None:
             method, calls = spec.split(":")
             measure(f"teacher_{method}", teacher_fn, method, {"steps": int(calls)}, checkpoint=step)
         for spec in args.student:
-            for label, cfg, weights, kwargs, workdir in students(spec, args.cm_steps, args.pd_max_steps):
+            for label, cfg, weights, kwargs, workdir in students(spec, args.cm_steps, args.pd_max_steps, args.cm_mid):
                 cfg.eval.weights_path = weights
                 net, s = evaluation.load_ema_model(cfg, workdir)
                 fn = factories.build_precond(cfg, sde, net)
                 method = "ddim" if cfg.distill.method == "progressive" else "consistency"
-                if method == "consistency":
+                if "mid" in kwargs:  # times [T, t(nu = mid), t_min]
+                    t_mid = float(sde.t_from_log_snr(torch.tensor(-math.log(kwargs.pop("mid")), dtype=torch.float64)))
+                    kwargs["grid"] = torch.tensor([sde.T, t_mid, fn.t_min], dtype=torch.float64)
+                elif method == "consistency":
                     kwargs = {**kwargs, "eps": fn.t_min}
                 measure(label, fn, method, kwargs, checkpoint=s, method_distilled=cfg.distill.method)
     emit({"summary": True, "args": vars(args), "machine": machine()}, args.out)

@@ -89,7 +89,7 @@ def run(config, workdir: str, net: Optional[torch.nn.Module] = None,
     `max_steps` as for `training.train`."""
     net = check_inputs(config, workdir) if net is None else net
     sde = factories.build_sde(config)
-    loss = factories.build_loss(config, sde)
+    loss = factories.distillation_loss(config, sde)
     teacher, teacher_net = load_teacher(config, sde, runtime.get_device(config))
     loss.attach(teacher, teacher_net)
     return training.train(config, workdir, max_steps=max_steps, net=net, loss_fn=loss)

@@ -148,8 +148,6 @@ def build_loss(config, sde: sde_lib.SDE) -> Callable:
     """The training loss of config.training.objective: the DSM loss ("simple", `losses.get_loss_fn`) or
     the discrete chain's bound ("hybrid", "vlb": `vlb_losses.VLBLoss`, whose term sampler is stateful)."""
     t = config.training
-    if config.distill.method:
-        return distillation_loss(config, sde)
     try:
         if t.objective != "simple":
             return vlb_losses.VLBLoss(sde, vlb_chain(config, sde), t.objective, vlb_weight=t.vlb_weight,

@@ -31,7 +31,7 @@ from score_toolkit import run_config
 from score_toolkit import runtime
 from score_toolkit import super_resolution
 from score_toolkit import validation
-from score_toolkit.errors import UserError
+from score_toolkit.errors import ConfigError, UserError
 from score_toolkit.run_config import config_differences, describe_differences
 
 
@@ -330,6 +330,9 @@ def train(config, workdir: str, max_steps: Optional[int] = None, net: Optional[t
     it; a name that after_step returns ends a stage, whose EMA weights are then written to
     <workdir>/distilled/<name>.pt (as --mode export writes them) beside a checkpoint.
     """
+    if config.distill.method and loss_fn is None:
+        raise ConfigError(f"config.distill.method = {config.distill.method!r} trains a student: use "
+                          "distill_run.run (--mode distill), which attaches its teacher")
     if net is None:
         net = check_inputs(config, workdir)
     main = distributed.is_main()

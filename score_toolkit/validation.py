@@ -147,8 +147,9 @@ def _validate_distill(config) -> None:
     d = config.distill
     if not d.method:
         return
+    loss = factories.distillation_loss(config, factories.build_sde(config))
     if d.method == "progressive":
-        total = factories.build_loss(config, factories.build_sde(config)).total_steps
+        total = loss.total_steps
         require(config.training.n_iters == total, "training.n_iters", config.training.n_iters,
                 f"must be the distillation's {total} steps: its halvings "
                 f"(distill.teacher_steps {d.teacher_steps} -> distill.final_steps {d.final_steps}) times "

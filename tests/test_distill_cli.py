@@ -132,3 +132,22 @@ def test_train_mode_points_a_distillation_config_to_distill(teacher, tmp_path):
     r = cli("--mode", "train", "--config", "configs/swissroll_vp_mlp.py", "--config.distill.method=progressive",
             "--workdir", str(tmp_path / "w"))
     assert r.returncode == 2 and "--mode distill" in r.stderr
+
+
+def test_a_class_conditional_teacher_distils_with_its_guidance(tmp_path):
+    """A labelled mixture's teacher (label dropout 0.1), distilled at guidance 2: the student trains on
+    the data's labels and samples each class from the command line's labels."""
+    from configs.gmm_vp_mlp_cond import get_config
+    from score_toolkit.config_keys import set_keys
+    small = {"data.n_train": 2000, "data.n_test": 300, "model.hidden": 32, "model.num_layers": 2,
+             "training.batch_size": 64, "training.log_freq": 10, "training.checkpoint_freq": 10,
+             "training.snapshot_freq": 1000, "optim.warmup": 5, "sampling.n_samples": 16, "sampling.batch_size": 16}
+    training.train(set_keys(get_config(), **small, **{"training.n_iters": 30}), str(tmp_path / "teacher"))
+    c = set_keys(get_config(), **small, **{"distill.method": "progressive", "distill.teacher": str(tmp_path / "teacher"),
+                                          "distill.teacher_steps": 4, "distill.final_steps": 2,
+                                          "distill.steps_per_halving": 20, "distill.guidance_scale": 2.0,
+                                          "training.n_iters": 20, "sampling.method": "ddim", "sampling.steps": 2})
+    distill_run.run(c, str(tmp_path / "student"))
+    assert (tmp_path / "student" / "distilled" / "steps_2.pt").exists()
+    x = evaluation.load_samples(evaluation.sample(c, str(tmp_path / "student")))
+    assert x.shape == (16, 2)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import models
 import samplers
 import sde_lib
 from score_toolkit import distillation
@@ -145,3 +146,29 @@ def test_halving_schedules_that_do_not_divide_are_refused():
     with pytest.raises(ValueError, match="grid must be one of"):
         distillation.ProgressiveDistillation(sde, "ddpm_strided", 8, 2, 10)
     assert distillation.ProgressiveDistillation(sde, "karras", 48, 3, 10).num_halvings == 4
+
+
+def test_a_guided_teacher_teaches_the_first_halving_and_the_student_the_rest():
+    """The target of halving 1 is two steps of the classifier-free guided exact score for each sample's
+    label; later halvings are taught by the previous student, unguided (it learned the guidance)."""
+    sde, gm = sde_lib.VPSDE(), mixture_2d()
+    guided = samplers.cfg_score(gm.conditional_score_fn(sde), 2.0, null_label=len(gm.weights))
+    g = torch.Generator().manual_seed(5)
+    z_t = torch.randn(64, 2, generator=g, dtype=torch.float64)
+    y = torch.randint(0, len(gm.weights), (64,), generator=g)
+    t = torch.full((64,), 0.8, dtype=torch.float64)
+    got = distillation.two_step_target(sde, guided, z_t, t, t - 0.1, t - 0.2, {"y": y})
+    bound = lambda x, s: guided(x, s, y=y)  # noqa: E731
+    two = samplers.ode_step("ddim", sde, bound, samplers.ode_step("ddim", sde, bound, z_t, t, t - 0.1), t - 0.1, t - 0.2)
+    (a_t, s_t), (a_s, s_s) = sde.marginal_coeffs(t), sde.marginal_coeffs(t - 0.2)
+    torch.testing.assert_close(a_s[:, None] * got + (s_s / s_t)[:, None] * (z_t - a_t[:, None] * got), two)
+    unguided = distillation.two_step_target(sde, gm.conditional_score_fn(sde), z_t, t, t - 0.1, t - 0.2, {"y": y})
+    assert float((got - unguided).abs().max()) > 0.1
+
+    pd = distillation.ProgressiveDistillation(sde, "uniform_t", 8, 2, 10)
+    pd.attach(guided)
+    student = models.Precond(sde, models.get_model("mlp")(dim=2, hidden=8, num_layers=1, num_classes=4), "v")
+    assert pd.teacher_of(student) is guided
+    pd.halving, pd.student_teacher = 2, student.net
+    second = pd.teacher_of(student)
+    assert isinstance(second, models.Precond) and second.net is student.net and second.parametrization == "v"

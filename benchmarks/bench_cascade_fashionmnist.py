@@ -4,7 +4,13 @@ low resolution or the base model's samples, for super-resolution models trained 
 noise-conditioning augmentation. One JSON line per (model, source, level) to --out and stdout, then a
 summary with the configuration and the machine.
 
-    python benchmarks/bench_cascade_fashionmnist.py --base W16 --sr aug=W_AUG --sr plain=W_PLAIN
+    python benchmarks/bench_cascade_fashionmnist.py --base W16 --sr aug=W_AUG --sr plain=W_PLAIN \
+        [--direct direct=W32] [--chain c8=W8,W8_16,W_AUG]
+
+--direct NAME=WORKDIR (repeatable) measures a 32x32 model sampled directly; --chain NAME=W1,W2,... a whole
+cascade from its base (e.g. 8 -> 16 -> 32), each stage at its config's sampling.aug_level. Together
+with `benchmarks/train_cascade_fashionmnist.sh`, which trains every model for a wall-clock budget, this
+compares cascades with a direct model at equal total training time.
 
 Every stage samples with DPM-Solver++(2M) and --steps steps, non-truncated (the base run to its end,
 then noised to the level); the same seeds for every model and level. The classifier and the test
@@ -44,6 +50,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", required=True, help="the 16x16 base model's workdir")
     p.add_argument("--sr", action="append", required=True, help="NAME=WORKDIR of a 16 -> 32 model (repeatable)")
+    p.add_argument("--direct", action="append", default=[], help="NAME=WORKDIR of a 32x32 model (repeatable)")
+    p.add_argument("--chain", action="append", default=[], help="NAME=W_BASE,W_SR,... a cascade (repeatable)")
     p.add_argument("--config", default="configs/fashionmnist_vp_ddpmpp_sr.py")
     p.add_argument("--workdir", default="")
     p.add_argument("--data-root", default="/usr/share/datasets/fashion-mnist")
@@ -84,7 +92,23 @@ def main() -> None:
                 if source == "true":
                     row["psnr"] = psnr(data.to_uint8(x), data.to_uint8(truth))
                 emit(row, args.out)
+    for spec in args.direct + args.chain:
+        name, workdirs = spec.split("=", 1)
+        t0 = time.perf_counter()
+        stages, steps = zip(*(stage(w, args.steps, _aug_level(w)) for w in workdirs.split(",")))
+        parts = []
+        for lo in range(0, args.n, args.batch):
+            xs, _ = samplers.cascade_sample(list(stages), min(args.batch, args.n - lo), seed=lo)
+            parts.append(xs[-1])
+        emit({"model": name, "source": "direct" if spec in args.direct else "cascade", "stages": len(stages),
+              "fid": fid(classifier, reference, data, torch.cat(parts)), "n": args.n, "steps": args.steps,
+              "checkpoints": list(steps), "seconds": round(time.perf_counter() - t0, 1)}, args.out)
     emit({"summary": True, "args": vars(args), "machine": machine()}, args.out)
+
+
+def _aug_level(workdir: str) -> float:
+    with open(os.path.join(workdir, "config.json")) as f:
+        return float(json.load(f)["sampling"].get("aug_level", 0.0))
 
 
 def super_resolve(sr, low, batch):

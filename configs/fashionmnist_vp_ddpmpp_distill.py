@@ -30,6 +30,7 @@ def get_config(method: str = "progressive"):
     config.optim.lr, config.optim.warmup = 1e-4, 0
     t.batch_size, t.log_freq, t.checkpoint_freq, t.snapshot_freq = 32, 50, 200, 100000
     config.eval.enable_nll = False
+    s.denoise = False  # the student's last step ends at the data: no extra Tweedie call
     if method == "progressive":
         d.teacher_steps, d.final_steps, d.steps_per_halving, d.weighting = 64, 1, 300, "snr"
         t.n_iters = 6 * d.steps_per_halving

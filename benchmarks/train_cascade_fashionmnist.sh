@@ -14,7 +14,7 @@ mkdir -p "$OUT"
 train() {  # workdir, seconds, config
   timeout -s TERM "$2" python main.py --mode train --config "$3" --workdir "$OUT/$1" $EXTRA \
     --config.training.n_iters=100000000 --config.training.snapshot_freq=100000000 > "$OUT/$1.log" 2>&1
-  echo "$1: $(ls "$OUT/$1/checkpoints" 2>/dev/null | tail -n 1)"
+  echo "$1: $(ls -v "$OUT/$1/checkpoints" 2>/dev/null | tail -n 1)"
 }
 # Budgets: the 16 -> 32 cascade gets S / 2 (base) + S (SR) = 1.5 S; the direct model the same 1.5 S;
 # the 8 -> 16 -> 32 cascade S / 4 (base) + S / 4 (8 -> 16) + S (the shared 16 -> 32 stage) = 1.5 S.

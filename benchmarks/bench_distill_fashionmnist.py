@@ -25,19 +25,9 @@ import ml_collections
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import samplers  # noqa: E402
 from benchmarks._common import emit, machine  # noqa: E402
-from benchmarks.fid_few_step import prepare  # noqa: E402
+from benchmarks.fid_few_step import draw, prepare  # noqa: E402
 from score_toolkit import evaluation, factories, features  # noqa: E402
-
-
-def draw(sde, score_fn, method, kwargs, n, batch, shape=(1, 32, 32)):
-    """n samples in batches of `batch`, seed 1000 + b for batch b; (samples, nfe per sample, seconds)."""
-    fn, parts, nfe, t0 = samplers.get_sampler(method), [], 0, time.perf_counter()
-    for b in range((n + batch - 1) // batch):
-        x, nfe = fn(sde, score_fn, (min(batch, n - b * batch), *shape), seed=1000 + b, **kwargs)
-        parts.append(x)
-    return torch.cat(parts), nfe, round(time.perf_counter() - t0, 1)
 
 
 def student_config(workdir: str) -> ml_collections.ConfigDict:
@@ -91,7 +81,9 @@ def main() -> None:
     teacher_fn = factories.build_precond(config, sde, teacher)
 
     def measure(label, score_fn, method, kwargs, **extra):
-        x, nfe, seconds = draw(sde, score_fn, method, kwargs, args.n_samples, args.batch)
+        t0 = time.perf_counter()  # the same prior draws for every row: seed 1000 + b for batch b
+        x, nfe = draw(sde, score_fn, method, kwargs, None, args.n_samples, args.batch, args.device)
+        seconds = round(time.perf_counter() - t0, 1)
         q = quality(data.to_uint8(x))
         fid = next(v for k, v in q.items() if k.startswith("FID"))
         shown = {k: [round(t, 6) for t in val.tolist()] if torch.is_tensor(val) else val for k, val in kwargs.items()}

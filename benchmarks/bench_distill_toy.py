@@ -28,7 +28,7 @@ import models  # noqa: E402
 import samplers  # noqa: E402
 import sde_lib  # noqa: E402
 from benchmarks._common import emit, machine  # noqa: E402
-from score_toolkit import distillation  # noqa: E402
+from score_toolkit import distillation, training  # noqa: E402
 
 EPS = 1e-3
 
@@ -111,11 +111,8 @@ def main() -> None:
     def pd_milestone(name, state):
         n = int(name.split("_")[1])
         if n <= 4:  # the halving's student, with its EMA weights
-            params = list(state.model.parameters())
-            state.ema.store(params)
-            state.ema.copy_to(params)
-            measure(f"pd_{n}", samplers.ddim_sample, model, n, steps=n, grid="uniform_t")
-            state.ema.restore(params)
+            with training.ema_weights(state):
+                measure(f"pd_{n}", samplers.ddim_sample, model, n, steps=n, grid="uniform_t")
 
     train(pd, model, pd.total_steps, gm, 1e-3, 1, pd_milestone)
     emit({"trained": "pd", "seconds": round(time.perf_counter() - t0, 1), "steps": pd.total_steps}, args.out)

@@ -76,9 +76,11 @@ class ConsistencyFunction(nn.Module):
 
     def consistency(self, x: Tensor, t: Tensor, **cond) -> Tensor:
         """f(x_t, t) [B, ...], an estimate of x at t_min; t [B] with t >= t_min."""
-        t64 = t.double()
-        alpha = self.sde.marginal_coeffs(t64)[0]
-        nu = noise_level(self.sde, t64)
+        return self._consistency(x, t, self.sde.marginal_coeffs(t.double())[0], cond)
+
+    def _consistency(self, x: Tensor, t: Tensor, alpha: Tensor, cond: dict) -> Tensor:
+        """f with alpha(t) (float64 [B]) given."""
+        nu = noise_level(self.sde, t)
         c_skip, ratio = boundary_coeffs(nu, self.nu_min, self.sigma_data)
         c_edm = self.sigma_data ** 2 / (nu ** 2 + self.sigma_data ** 2)
         y = x / append_dims(alpha.to(x.dtype), x.ndim)
@@ -90,9 +92,8 @@ class ConsistencyFunction(nn.Module):
     def forward(self, x: Tensor, t: Tensor, **cond) -> Tensor:
         """The score whose Tweedie estimate E[x_0 | x_t] is f / alpha_min: (alpha_t f / alpha_min - x) / sigma_t^2."""
         alpha, sigma = self.sde.marginal_coeffs(t.double())
-        f = self.consistency(x, t, **cond)
+        f = self._consistency(x, t, alpha, cond)
         scale = append_dims((alpha / self.alpha_min).to(x.dtype), x.ndim)
         return (scale * f - x) / append_dims((sigma ** 2).to(x.dtype), x.ndim)
-
 
 __all__ = ["ConsistencyFunction", "boundary_coeffs", "noise_level"]

@@ -32,13 +32,13 @@ def check_inputs(config, workdir: str) -> torch.nn.Module:
             "runs in one process: start it without torchrun")
     net = training.check_inputs(config, workdir)
     if d.teacher or d.method != "consistency_training":
-        teacher_config(config)
+        check_teacher(config)
     return net
 
 
-def teacher_config(config) -> dict:
-    """The teacher's weights-defining keys (`run_config.weights_config`), checked against the run's: a
-    missing teacher, or one of another data set, SDE, network or parametrization, is a ConfigError."""
+def check_teacher(config) -> None:
+    """The teacher's weights-defining keys (`run_config.weights_config`) against the run's: a missing
+    teacher (MissingInputError), or one of another data set, SDE, network or parametrization (ConfigError)."""
     path = config.distill.teacher
     require(bool(path), "distill.teacher", path,
             f"must name the teacher (a trained workdir or an exported weights file) for {config.distill.method}")
@@ -57,7 +57,6 @@ def teacher_config(config) -> dict:
     if differ:
         raise ConfigError(f"config.distill.teacher = {path!r} was trained with another config than this student's: "
                           f"{run_config.describe_differences(differ)}")
-    return weights
 
 
 def load_teacher(config, sde, device) -> Tuple[Optional[object], Optional[torch.nn.Module]]:

@@ -42,10 +42,11 @@ from typing import Callable, Optional
 
 import torch
 
-from sde_lib import SDE, append_dims
+from sde_lib import SDE
 from sde_lib.checks import check_one_of
 import models
 import samplers
+from samplers.base import coeff
 
 Tensor = torch.Tensor
 METHODS = ("progressive", "consistency_distillation", "consistency_training")
@@ -66,7 +67,7 @@ def two_step_target(sde: SDE, teacher, z_t: Tensor, t: Tensor, t_mid: Tensor, s:
     z_s = samplers.ode_step("ddim", sde, score, samplers.ode_step("ddim", sde, score, z_t, t, t_mid), t_mid, s)
     (alpha_t, sigma_t), (alpha_s, sigma_s) = sde.marginal_coeffs(t), sde.marginal_coeffs(s)
     ratio = sigma_s / sigma_t
-    return (z_s - _c(ratio, z_t) * z_t) / _c(alpha_s - ratio * alpha_t, z_t)
+    return (z_s - coeff(ratio, z_t) * z_t) / coeff(alpha_s - ratio * alpha_t, z_t)
 
 
 def pd_weight(sde: SDE, t: Tensor, weighting: str) -> Tensor:
@@ -104,7 +105,7 @@ class ProgressiveDistillation:
         self.eps = sde.sampling_eps if eps is None else eps
         self.total_steps = self.num_halvings * steps_per_halving
         self.teacher = self.teacher_net = self.student_teacher = self._saved_teacher = None
-        self.halving = 1
+        self.halving, self._grids = 1, {}
 
     def attach(self, teacher: Callable, teacher_net: Optional[torch.nn.Module] = None) -> None:
         """The first teacher's score_fn (a network, guided or not, or an exact score), and `teacher_net`,
@@ -115,8 +116,10 @@ class ProgressiveDistillation:
         return self.teacher_steps // 2 ** halving
 
     def times(self, halving: int) -> Tensor:
-        """The teacher's grid of halving h, float64 [2 n + 1] (n = the student's steps)."""
-        return samplers.get_grid(self.grid, self.sde, 2 * self.student_steps(halving), self.eps)
+        """The teacher's grid of halving h, float64 [2 n + 1] (n = the student's steps); built once."""
+        if halving not in self._grids:
+            self._grids[halving] = samplers.get_grid(self.grid, self.sde, 2 * self.student_steps(halving), self.eps)
+        return self._grids[halving]
 
     def before_step(self, state) -> None:
         """At step 0 the student starts as the teacher; at the first step of each later halving the
@@ -130,8 +133,7 @@ class ProgressiveDistillation:
         halving = min(state.step // self.steps_per_halving + 1, self.num_halvings)
         if halving != self.halving:
             self.halving = halving
-            params = [p for p in state.model.parameters() if p.requires_grad]
-            state.ema.copy_to(params)
+            state.ema.copy_to(state.model.parameters())
             self._previous_student(state).load_state_dict(state.model.state_dict())
             state.optimizer.state.clear()
 
@@ -162,7 +164,7 @@ class ProgressiveDistillation:
         t, t_mid, s = grid[2 * i], grid[2 * i + 1], grid[2 * i + 2]
         z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         alpha, sigma = self.sde.marginal_coeffs(t)
-        z_t = torch.addcmul(_c(alpha, x0) * x0, _c(sigma, x0), z)
+        z_t = torch.addcmul(coeff(alpha, x0) * x0, coeff(sigma, x0), z)
         with torch.no_grad():
             target = two_step_target(self.sde, self.teacher_of(model), z_t, t, t_mid, s, cond)
         x_hat = model.denoise(z_t, t.to(x0.dtype), **cond)
@@ -233,8 +235,8 @@ class ConsistencyLoss:
         self.sigma_data, self.schedule, self.s0, self.s1, self.mu0 = sigma_data, schedule, s0, s1, mu0
         self.solver, self.loss, self.huber_c, self.weighting = solver, loss, huber_c, weighting
         self.time_dist, self.p_mean, self.p_std, self.rho = times, p_mean, p_std, rho
-        self.teacher = self.teacher_net = self.target = self._saved_target = None
-        self.step = 0
+        self.teacher = self.teacher_net = self.target = self._saved_target = self._target_fn = None
+        self.step, self._boundaries = 0, {}
 
     def attach(self, teacher: Optional[Callable], teacher_net: Optional[torch.nn.Module] = None) -> None:
         """CD's teacher score_fn (consistency training takes none); `teacher_net`, the network inside it,
@@ -253,12 +255,11 @@ class ConsistencyLoss:
         self.step = state.step
 
     def after_step(self, state) -> None:
-        """theta- <- mu theta- + (1 - mu) theta with this step's mu."""
+        """theta- <- mu theta- + (1 - mu) theta with this step's mu (no stage ends: returns None)."""
         _, mu = cm_schedule(self.schedule, self.step, self.total_steps, self.s0, self.s1, self.mu0)
         with torch.no_grad():
             live = [p for p in state.model.parameters() if p.requires_grad]
-            torch._foreach_lerp_([p for p in self.target.parameters()], live, 1.0 - mu)
-        return None
+            torch._foreach_lerp_(list(self.target.parameters()), live, 1.0 - mu)
 
     def indices(self, nu: Tensor, B: int, generator) -> Tensor:
         """n in 0 .. N - 2 per sample (the pair t_n < t_{n+1}), uniform or lognormal."""
@@ -267,17 +268,23 @@ class ConsistencyLoss:
         cdf = torch.special.ndtr((nu.log() - self.p_mean) / self.p_std)
         return torch.multinomial((cdf[1:] - cdf[:-1]).float(), B, replacement=True, generator=generator)
 
+    def boundaries(self, N: int):
+        """(t_1 .. t_N, their noise levels nu), float64 [N] each; built once per N."""
+        if N not in self._boundaries:
+            times = cm_boundaries(self.sde, N, self.t_min, self.rho)
+            self._boundaries[N] = times, models.consistency.noise_level(self.sde, times)
+        return self._boundaries[N]
+
     def pair(self, x0: Tensor, generator, N: int):
-        """(x_{n+1}, t_{n+1}, t_n, x0, z, lambda) for a batch: the points the loss compares."""
-        times = cm_boundaries(self.sde, N, self.t_min, self.rho)
-        nu = models.consistency.noise_level(self.sde, times)
-        n = self.indices(nu, x0.shape[0], generator).to(x0.device)
-        t_lo, t_hi = times.to(x0.device)[n], times.to(x0.device)[n + 1]
+        """(x_{n+1}, t_{n+1}, t_n, z, lambda) for a batch: x_{n+1} = alpha x0 + sigma z at t_{n+1}, the pair
+        of boundaries the loss compares and its weight."""
+        times, nu = self.boundaries(N)
+        n = self.indices(nu, x0.shape[0], generator)
+        lam = 1 / (nu[n + 1] - nu[n]) if self.weighting == "inverse_delta" else torch.ones(len(n), dtype=nu.dtype)
+        t_lo, t_hi, lam = (v.to(x0.device) for v in (times[n], times[n + 1], lam))
         z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         alpha, sigma = self.sde.marginal_coeffs(t_hi)
-        x_hi = torch.addcmul(_c(alpha, x0) * x0, _c(sigma, x0), z)
-        nu = nu.to(x0.device)
-        lam = 1 / (nu[n + 1] - nu[n]) if self.weighting == "inverse_delta" else torch.ones_like(t_hi)
+        x_hi = torch.addcmul(coeff(alpha, x0) * x0, coeff(sigma, x0), z)
         return x_hi, t_hi, t_lo, z, lam
 
     def neighbour(self, x_hi: Tensor, t_hi: Tensor, t_lo: Tensor, x0: Tensor, z: Tensor, cond: dict) -> Tensor:
@@ -285,7 +292,7 @@ class ConsistencyLoss:
         if self.method == "consistency_distillation":
             return samplers.ode_step(self.solver, self.sde, _bound(self.teacher, cond), x_hi, t_hi, t_lo)
         alpha, sigma = self.sde.marginal_coeffs(t_lo)
-        return torch.addcmul(_c(alpha, x0) * x0, _c(sigma, x0), z)
+        return torch.addcmul(coeff(alpha, x0) * x0, coeff(sigma, x0), z)
 
     def distance(self, a: Tensor, b: Tensor) -> Tensor:
         if self.loss == "l2":
@@ -304,11 +311,14 @@ class ConsistencyLoss:
         return (lam.to(x0.dtype) * self.distance(pred, target)).mean()
 
     def target_fn(self, model) -> "models.ConsistencyFunction":
-        """The student's consistency function with the target weights theta- (mu = 0: the student's own)."""
+        """The student's consistency function with the target weights theta- (mu = 0: the student's own),
+        wrapped once."""
         if self.schedule == "improved":
             return model
-        precond = models.Precond(model.sde, self.target, model.precond.parametrization, model.precond.continuous)
-        return models.ConsistencyFunction(precond, model.t_min, model.sigma_data)
+        if self._target_fn is None:
+            precond = models.Precond(model.sde, self.target, model.precond.parametrization, model.precond.continuous)
+            self._target_fn = models.ConsistencyFunction(precond, model.t_min, model.sigma_data)
+        return self._target_fn
 
     def state_dict(self) -> dict:
         return {"target": self.target.state_dict()} if self.target is not None else {}
@@ -338,6 +348,3 @@ def _frozen_copy(net: torch.nn.Module) -> torch.nn.Module:
 def _bound(score_fn, cond: dict):
     return (lambda x, t: score_fn(x, t, **cond)) if cond else score_fn
 
-
-def _c(v: Tensor, x: Tensor) -> Tensor:
-    return append_dims(v.to(x.dtype), x.ndim)

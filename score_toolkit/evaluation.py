@@ -117,8 +117,8 @@ def export(config, workdir: str, net=None) -> str:
     if os.path.exists(path):  # the newest checkpoint is exported already: the same weights
         logging.info("%s holds the EMA weights of step %d already (the newest checkpoint)", path, step)
         return path
-    state = {"model": model.state_dict(), "step": step, "config": run_config.weights_config(config)}
-    checkpoints.atomic_save(state, path, what=f"the exported weights of step {step}")
+    checkpoints.atomic_save(run_config.exported_weights(model.state_dict(), step, config), path,
+                            what=f"the exported weights of step {step}")
     logging.info("wrote %s (%.1f MB)", path, os.path.getsize(path) / 2 ** 20)
     return path
 

@@ -67,6 +67,12 @@ def weights_config(config) -> Dict[str, Any]:
             if k.startswith(WEIGHTS_KEYS) and k not in NOT_WEIGHTS_KEYS and not is_run_time_key(k)}
 
 
+def exported_weights(state_dict: Dict[str, Any], step: int, config) -> Dict[str, Any]:
+    """The layout of an exported weights file (`--mode export`, config.eval.weights_path): the network's
+    weights, their training step and `weights_config(config)`."""
+    return {"model": state_dict, "step": step, "config": weights_config(config)}
+
+
 def weights_differences(saved: Dict[str, Any], config) -> List[tuple]:
     """(key, exported value, this config's value) for every weights-defining key that differs; a key
     that one side lacks (added to the configs since the export) is not a difference."""

@@ -171,15 +171,24 @@ def resume_or_start(config, ckpt_dir: str, net: Optional[torch.nn.Module] = None
     return state
 
 
-def snapshot(state: TrainState, config, sde, data, workdir: str) -> str:
-    """Samples from the EMA weights, saved as a PNG; the training RNGs are left untouched."""
+@contextlib.contextmanager
+def ema_weights(state):
+    """state.model holds the EMA weights inside the block, its own weights again after it."""
     params = list(state.model.parameters())
     state.ema.store(params)
     state.ema.copy_to(params)
-    state.model.eval()
-    devices = [state.device] if state.device.type == "cuda" else []
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        yield
+    finally:
+        state.ema.restore(params)
+
+
+def snapshot(state: TrainState, config, sde, data, workdir: str) -> str:
+    """Samples from the EMA weights, saved as a PNG; the training RNGs are left untouched."""
+    devices = [state.device] if state.device.type == "cuda" else []
+    state.model.eval()
+    try:
+        with ema_weights(state), torch.no_grad(), torch.random.fork_rng(devices=devices):
             n = config.sampling.n_samples
             gamma = bound.snapshot_gamma(config, sde, state.model, data, state.device)
             sample = factories.build_sampler(config, sde, state.device, gamma=gamma)
@@ -188,7 +197,6 @@ def snapshot(state: TrainState, config, sde, data, workdir: str) -> str:
                             cond={**factories.sample_labels(config, n), **super_resolution.sample_cond(config, data, n)})
     finally:
         state.model.train()
-        state.ema.restore(params)
     path = os.path.join(workdir, "samples", f"samples_{state.step}.png")
     data.plot(data.to_data_space(x), path, f"step {state.step} ({nfe} score evaluations)")
     return path
@@ -200,15 +208,10 @@ def save_stage(state: TrainState, config, workdir: str, name: str) -> str:
     path = os.path.join(workdir, "distilled", f"{name}.pt")
     if os.path.exists(path):  # a resumed run that reached this stage before: the same weights
         return path
-    params = list(state.model.parameters())
-    state.ema.store(params)
-    state.ema.copy_to(params)
-    try:
+    with ema_weights(state):
         weights = {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}
-    finally:
-        state.ema.restore(params)
-    checkpoints.atomic_save({"model": weights, "step": state.step, "config": run_config.weights_config(config)},
-                            path, what=f"the distilled weights {name}")
+    checkpoints.atomic_save(run_config.exported_weights(weights, state.step, config), path,
+                            what=f"the distilled weights {name}")
     logging.info("stage %s done at step %d: %s", name, state.step, path)
     return path
 

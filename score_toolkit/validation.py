@@ -54,7 +54,7 @@ def validate_config(config: ml_collections.ConfigDict) -> torch.nn.Module:
     _validate_variances(config, sde)
     _validate_super_resolution(config)
     factories.build_loss(config, sde)
-    _validate_distill(config)
+    _validate_distill(config, sde)
     _validate_parametrization(config, sde)
     with torch.random.fork_rng(devices=[]):  # the caller's RNG stays as it was
         torch.manual_seed(config.seed)
@@ -142,12 +142,12 @@ def _validate_sampler_options(config) -> None:
         raise ConfigError(f"{where} is not allowed: {e}") from e
 
 
-def _validate_distill(config) -> None:
+def _validate_distill(config, sde) -> None:
     """config.distill (`factories.distillation_loss` checks the method's own keys)."""
     d = config.distill
     if not d.method:
         return
-    loss = factories.distillation_loss(config, factories.build_sde(config))
+    loss = factories.distillation_loss(config, sde)
     if d.method == "progressive":
         total = loss.total_steps
         require(config.training.n_iters == total, "training.n_iters", config.training.n_iters,

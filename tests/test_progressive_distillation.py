@@ -130,7 +130,8 @@ def test_the_loss_vanishes_at_the_exact_student_and_only_there():
 def test_weightings(weighting, at_t1):
     sde = sde_lib.VPSDE()
     t = torch.tensor([1e-3, 0.5, 1.0], dtype=torch.float64)
-    snr = (2 * sde.log_snr(t)).exp()
+    alpha, sigma = sde.marginal_coeffs(t)
+    snr = alpha ** 2 / sigma ** 2  # from the coefficients, not from the log-SNR the weights use
     w = distillation.pd_weight(sde, t, weighting)
     expect = {"truncated_snr": snr.clamp_min(1), "snr_plus_one": snr + 1, "snr": snr}[weighting]
     torch.testing.assert_close(w, expect)

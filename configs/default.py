@@ -184,6 +184,58 @@ def get_default_config() -> ml_collections.ConfigDict:
     distill.p_mean = -1.1
     distill.p_std = 2.0
 
+    # The autoencoder of latent diffusion (--mode autoencoder; score_toolkit/autoencoder_run.py), trained on
+    # config.data into its own workdir, which then holds autoencoder.pt: its weights and latent scale.
+    config.autoencoder = ae = ml_collections.ConfigDict()
+    ae.kind = "kl"                # kl (a diagonal Gaussian posterior, KL-regularised) | vq (a codebook)
+    ae.nf = 32                    # the encoder's and decoder's base width
+    ae.ch_mult = (1, 2, 2)        # len m + 1 levels: the downsampling factor f = 2^m
+    ae.num_res_blocks = 1
+    ae.latent_channels = 4        # kl: the latents' channels; vq: the codes' dimension
+    ae.dropout = 0.0
+    ae.rec_loss = "l1"            # l1 | l2 | nll (the Gaussian decoder's NLL, which learns its scale)
+    ae.kl_weight = 1e-6           # kl: the KL term's weight (latent-diffusion's f = 4 value)
+    ae.n_codes = 256              # vq: the codebook's size
+    ae.beta = 0.25                # vq: the commitment weight, on the encoder's term
+    ae.ema_codebook = False       # vq: the codebook by moving averages of its assignments, not by its loss
+    ae.ema_decay = 0.99
+    ae.disc_weight = 0.0          # > 0: a PatchGAN hinge loss with the adaptive weight, from step disc_start
+    ae.disc_start = 0
+    ae.disc_nf = 32
+    ae.disc_layers = 2
+    ae.perceptual_weight = 0.0    # > 0: squared distance of the feature classifier's (eval.feature_path) features
+    ae.batch_size = 64
+    ae.n_iters = 5000
+    ae.lr = 2e-4
+    ae.log_freq = 50
+    ae.checkpoint_freq = 500
+    ae.keep_checkpoints = 3
+    ae.n_eval = 2000              # test images its PSNR, reconstruction FID and codebook usage are measured on
+
+    # A latent model (Rombach et al. 2022): config.model is a score network on the latents of this
+    # autoencoder (its model.num_channels / image_size are the latents'); samples are decoded to images.
+    config.latent = latent = ml_collections.ConfigDict()
+    latent.autoencoder = ""       # "" (a pixel model) | a --mode autoencoder workdir, or its autoencoder.pt
+    latent.sample_posterior = True  # kl: train on draws z ~ q(z | x) (else its mean)
+    latent.decoder = "gaussian"   # the image NLL bound's decoder p(x | z): gaussian | discretized
+    latent.bound_samples = 1      # posterior draws per image in that bound
+
+    # Text conditioning (GLIDE, latent diffusion): an encoder tau(caption) -> context [B, L, D] that the
+    # network's cross-attention reads (model.context_dim = D, model.context_resolutions), trained with it.
+    config.text = text = ml_collections.ConfigDict()
+    text.encoder = ""             # "" (none) | transformer (trained from scratch) | pretrained (frozen, transformers)
+    text.captions = "fashion_mnist"  # the captions of the training images (score_toolkit/captions.py)
+    text.captions_seed = 0        # draws each image's caption template
+    text.held_out = True          # leave captions.HELD_OUT's attribute combinations out of every training caption
+    text.vocab_size = 64          # the token table's rows; the vocabulary built from the captions must fit
+    text.max_len = 16             # tokens per caption, its start token included
+    text.dim = 64
+    text.depth = 2
+    text.heads = 4
+    text.p_uncond = 0.1           # caption dropout: the null caption's share of training, for guidance
+    text.pretrained_path = ""     # pretrained: a local folder with a transformers model and tokenizer
+    sampling.prompt = ""          # a text model's caption for every sample ("": the null caption)
+
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.batch_size = 500
     evaluate.enable_loss = True

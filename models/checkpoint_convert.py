@@ -65,8 +65,9 @@ def load_reference_state_dict(model: nn.Module, state_dict: Mapping) -> nn.Modul
              if k in own or k not in REFERENCE_ONLY_BUFFERS}
     missing = [k for k in own if k not in named]
     unexpected = [k for k in named if k not in own]
+    # a module's extra state (e.g. a text encoder's vocabulary) is no tensor: it has no shape to compare
     mismatched = [f"{k}: model {tuple(own[k].shape)}, checkpoint {tuple(named[k].shape)}"
-                  for k in own if k in named and tuple(own[k].shape) != tuple(named[k].shape)]
+                  for k in own if k in named and torch.is_tensor(own[k]) and tuple(own[k].shape) != tuple(named[k].shape)]
     _raise_if_bad("state dict", missing, unexpected, mismatched)
     model.load_state_dict(named, strict=True)
     return model

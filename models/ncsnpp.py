@@ -9,13 +9,15 @@ and its checkpoints load with `models.checkpoint_convert.load_reference_state_di
 from __future__ import annotations
 
 import math
-from typing import Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from models import layers
 from models import up_or_down_sampling as updown
+from models.attention import (KEYS as CONTEXT_KEYS, Context, ContextConditioning, check_context_args, context_inputs,
+                              context_levels)
 from models.embeddings import (GaussianFourierProjection, LabelEmbedding, check_label_args, embed_labels, label_keys,
                                sinusoidal_embedding)
 from models.registry import register_model
@@ -48,8 +50,9 @@ def check_unet_args(nf: int, ch_mult: Sequence[int], num_res_blocks: int, image_
         raise ValueError(f"ch_mult must be a non-empty sequence of positive ints, got {ch_mult!r}")
     if not isinstance(num_res_blocks, int) or num_res_blocks < 1:
         raise ValueError(f"num_res_blocks must be a positive int, got {num_res_blocks!r}")
-    if num_channels not in (1, 3):
-        raise ValueError(f"num_channels must be 1 or 3, got {num_channels!r}")
+    if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
+        # any count: images have 1 or 3, the latents of an autoencoder e.g. 4
+        raise ValueError(f"num_channels must be an int >= 1, got {num_channels!r}")
     depth = 2 ** (len(ch_mult) - 1)
     if not isinstance(image_size, int) or image_size < depth or image_size % depth:
         raise ValueError(f"image_size must be a positive multiple of 2**(len(ch_mult)-1) = {depth} "
@@ -121,6 +124,16 @@ class NCSNpp(nn.Module):
     `label_embed` is registered after `all_modules`; with K = 0 (the default) the network takes no y (`cond_keys` = ()) and
     the parameters are the reference's.
     With `learn_variance` the output has 2C channels, the prediction then v (`models.variance_head`).
+
+    With `context_dim` = D > 0 the network reads a context sequence by cross-attention (latent diffusion):
+    forward takes context [B, L, D] and context_mask [B, L] (bool, True: a real token; `models.attention`).
+    At each resolution in `context_resolutions` a SpatialTransformer (`context_heads` heads of width
+    `context_dim_head`, 0: channels // heads; `context_depth` blocks) follows every residual block of the
+    down and up paths (after the block's attention, if any), and the middle attention when the lowest
+    resolution is listed; with `context_pool` the last real token, through a Linear, joins temb (GLIDE).
+    Those layers start as the identity and sit in `context_layers`, registered after `label_embed` and
+    `low_res`, so `all_modules` and the other parameters (order, initial values) are the network's without
+    context. `max_context_len` > 0 refuses longer contexts.
     """
 
     def __init__(self, *, nf: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 4,
@@ -133,10 +146,13 @@ class NCSNpp(nn.Module):
                  nonlinearity: str = "swish", centered: bool = False, num_channels: int = 3,
                  image_size: int = 32, num_classes: int = 0, p_uncond: float = 0.0, learn_variance: bool = False,
                  sr_from: int = 0, sr_upsample: str = "bilinear", sr_p_uncond: float = 0.0,
-                 resample_first: bool = False, skip_scale: float = 1.0):
+                 resample_first: bool = False, skip_scale: float = 1.0, context_dim: int = 0,
+                 context_resolutions: Sequence[int] = (), context_heads: int = 4, context_dim_head: int = 0,
+                 context_depth: int = 1, max_context_len: int = 0, context_pool: bool = False):
         super().__init__()
         ch_mult = tuple(ch_mult)
         check_label_args(num_classes, p_uncond)
+        check_context_args(context_dim, max_context_len, context_heads, context_dim_head, context_depth)
         self.blocks = blocks_per_level(num_res_blocks, len(ch_mult))
         # num_res_blocks is checked (per level) by blocks_per_level; the shared check sees one valid count
         check_unet_args(nf, ch_mult, 1, image_size, num_channels, dropout,
@@ -168,6 +184,7 @@ class NCSNpp(nn.Module):
         shift = 1 if resample_first else 0  # level i's blocks run at image_size / 2**(i + shift)
         resolutions = [image_size // 2 ** (i + shift) for i in range(len(ch_mult))]
         self.attn_at = [r in tuple(attn_resolutions) for r in resolutions]
+        context_at = context_levels(context_dim, context_resolutions, context_pool, resolutions)
         # Settings only the _build_* helpers read; dropped once the modules exist.
         self._opts = dict(dropout=dropout, fir=fir, fir_kernel=tuple(fir_kernel), init_scale=init_scale,
                           resamp_with_conv=resamp_with_conv, combine=progressive_combine)
@@ -189,8 +206,24 @@ class NCSNpp(nn.Module):
             self.low_res = LowResConditioning(sr_from, image_size, num_channels, nf, 4 * nf, sr_upsample, self.act,
                                               sr_p_uncond)
             self.cond_keys = self.cond_keys + SR_KEYS
+        self.context_dim, self.max_context_len = context_dim, max_context_len
+        if context_dim:  # registered last, for the same reason
+            self.context_layers = ContextConditioning(context_dim, self._context_channels(context_at), context_heads,
+                                                      context_dim_head, context_depth, 4 * nf, bool(context_pool))
+            self.cond_keys = self.cond_keys + CONTEXT_KEYS
 
     # ------------------------------------------------------------------ construction
+
+    def _context_channels(self, context_at: List[bool]) -> Dict[str, int]:
+        """{place: channels} of the SpatialTransformers, in forward order: "down_i_j" after block j of
+        level i, "mid" after the middle attention, "up_i_j" after block j of the up path's level i."""
+        width, levels = [self.nf * m for m in self.ch_mult], range(len(self.ch_mult))
+        places = {f"down_{i}_{j}": width[i] for i in levels if context_at[i] for j in range(self.blocks[i])}
+        if context_at[-1]:
+            places["mid"] = width[-1]
+        places.update({f"up_{i}_{j}": width[i] for i in reversed(levels) if context_at[i]
+                       for j in range(self.blocks[i] + 1)})
+        return places
 
     def _resnet_block(self, in_ch: int, out_ch: int | None = None, up: bool = False, down: bool = False) -> nn.Module:
         o = self._opts
@@ -298,16 +331,21 @@ class NCSNpp(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None, low_res: Tensor | None = None,
-                aug_level: Tensor | None = None, low_res_null: Tensor | None = None) -> Tensor:
-        """x [B, C, H, W], cond [B], class labels y [B] (None: the null label), and for a super-resolution
+                aug_level: Tensor | None = None, low_res_null: Tensor | None = None, context: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
+        """x [B, C, H, W], cond [B], class labels y [B] (None: the null label), for a super-resolution
         network low_res [B, C, sr_from, sr_from], aug_level [B] and low_res_null [B] (bool: the samples
-        whose low resolution is dropped; `LowResConditioning`) -> [B, C, H, W]."""
+        whose low resolution is dropped; `LowResConditioning`), and for a context network context
+        [B, L, context_dim] and context_mask [B, L] (bool, None: every token real) -> [B, C, H, W]."""
         check_unet_inputs(x, cond, self.num_channels, self.image_size)
+        ctx = context_inputs(self, context, context_mask, x.shape[0], x.dtype)
         mods = iter(self.all_modules)
         temb = self._embed(cond, mods)
         label = embed_labels(self, y, x.shape[0])
         if label is not None:
             temb = label if temb is None else temb + label
+        if ctx is not None:
+            temb = self.context_layers.embed(temb, *ctx)
         if not self.centered:
             x = 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
             low_res = None if low_res is None else 2 * low_res - 1.0
@@ -316,9 +354,9 @@ class NCSNpp(nn.Module):
             first, temb = self.low_res(x, temb, low_res, aug_level, low_res_null)
         elif low_res is not None or aug_level is not None or low_res_null is not None:
             raise TypeError("this network is not a super-resolution network (sr_from = 0): it takes no low_res")
-        hs = self._down(x, temb, mods, first)
-        h = self._middle(hs[-1], temb, mods)
-        h = self._up(h, hs, temb, mods)
+        hs = self._down(x, temb, mods, first, ctx)
+        h = self._middle(hs[-1], temb, mods, ctx)
+        h = self._up(h, hs, temb, mods, ctx)
         if next(mods, None) is not None:
             raise RuntimeError("NCSNpp.forward left modules unused: construction and forward disagree")
         return scale_mean_by_sigma(h, cond, self.num_channels) if self.scale_by_sigma else h
@@ -333,7 +371,8 @@ class NCSNpp(nn.Module):
         temb = next(mods)(temb)
         return next(mods)(self.act(temb))
 
-    def _down(self, x: Tensor, temb: Tensor | None, mods: Iterator[nn.Module], first: Tensor) -> List[Tensor]:
+    def _down(self, x: Tensor, temb: Tensor | None, mods: Iterator[nn.Module], first: Tensor,
+              ctx: Context | None = None) -> List[Tensor]:
         """Encoder; returns every skip feature map, the last one feeding the middle."""
         pyramid = x
         hs = [next(mods)(first)]
@@ -341,11 +380,11 @@ class NCSNpp(nn.Module):
         for i in range(levels):
             if self.resample_first:
                 hs.append(self._resample(next(mods), hs[-1], temb))
-            for _ in range(self.blocks[i]):
+            for j in range(self.blocks[i]):
                 h = next(mods)(hs[-1], temb)
                 if self.attn_at[i]:
                     h = next(mods)(h)
-                hs.append(h)
+                hs.append(self._cross(f"down_{i}_{j}", h, ctx))
             if i == levels - 1 or self.resample_first:
                 continue
             h = self._resample(next(mods), hs[-1], temb)
@@ -358,21 +397,26 @@ class NCSNpp(nn.Module):
             hs.append(h)
         return hs[1:] if self.resample_first else hs
 
-    def _middle(self, h: Tensor, temb: Tensor | None, mods: Iterator[nn.Module]) -> Tensor:
+    def _middle(self, h: Tensor, temb: Tensor | None, mods: Iterator[nn.Module], ctx: Context | None = None) -> Tensor:
         h = next(mods)(h, temb)
-        h = next(mods)(h)
+        h = self._cross("mid", next(mods)(h), ctx)
         return next(mods)(h, temb)
 
-    def _up(self, h: Tensor, hs: List[Tensor], temb: Tensor | None, mods: Iterator[nn.Module]) -> Tensor:
+    def _up(self, h: Tensor, hs: List[Tensor], temb: Tensor | None, mods: Iterator[nn.Module],
+            ctx: Context | None = None) -> Tensor:
         """Decoder and output head; consumes `hs` from the end."""
         pyramid = None
         levels = len(self.ch_mult)
         for i in reversed(range(levels)):
-            for _ in range(self.blocks[i] + 1):
+            last = self.blocks[i]
+            for j in range(last + 1):
                 skip = hs.pop()
                 h = next(mods)(torch.cat([h, skip if self.skip_scale == 1 else skip * self.skip_scale], dim=1), temb)
+                if j < last:  # the level's last block has its attention first
+                    h = self._cross(f"up_{i}_{j}", h, ctx)
             if self.attn_at[i]:
                 h = next(mods)(h)
+            h = self._cross(f"up_{i}_{last}", h, ctx)
             if self.progressive != "none" and i == levels - 1:
                 pyramid = self._norm_act_conv(h, mods)
             elif self.progressive == "output_skip":
@@ -385,6 +429,10 @@ class NCSNpp(nn.Module):
         if self.progressive == "output_skip":
             return pyramid
         return self._norm_act_conv(h, mods)
+
+    def _cross(self, place: str, h: Tensor, ctx: Context | None) -> Tensor:
+        """h through the SpatialTransformer at `place` (`_context_channels`), if the network has one there."""
+        return h if ctx is None else self.context_layers(place, h, *ctx)
 
     def _resample(self, module: nn.Module, h: Tensor, temb: Tensor | None) -> Tensor:
         """A 2x down- or up-sampling: a DDPM (Down|Up)sample reads h alone, a BigGAN block temb too."""

@@ -28,7 +28,7 @@ import torch
 from sde_lib.checks import check_labels, check_nonnegative, cond_keys
 
 Tensor = torch.Tensor
-__all__ = ["cfg_score", "classifier_guided_score", "classifier_gradient", "low_res_cfg_score"]
+__all__ = ["cfg_score", "classifier_guided_score", "classifier_gradient", "low_res_cfg_score", "caption_cfg_score"]
 
 
 def _twice(v: Optional[Tensor]) -> Optional[Tensor]:
@@ -98,24 +98,37 @@ def low_res_cfg_score(score_fn: Callable[..., Tensor], guidance_scale: float) ->
     [False; True]; every other conditioning tensor (a class label y included, which is kept) is doubled.
     w = 0 is the plain conditional score (one un-doubled call).
     """
+    return _dropped_input_cfg(score_fn, guidance_scale, "low_res", "low-resolution", "a super-resolution score_fn")
+
+
+def caption_cfg_score(score_fn: Callable[..., Tensor], guidance_scale: float) -> Callable[..., Tensor]:
+    """Classifier-free guidance on a caption: score_fn'(x, t, tokens=c, tokens_mask=m, **cond) =
+    (1 + w) s(x, t, c) - w s(x, t, the null caption), for a text-conditioned network trained with caption
+    dropout (`models.text_encoder.ContextConditionedNet`, whose tokens_null [B] bool selects the null
+    caption). One call of score_fn on the doubled batch, as `low_res_cfg_score`."""
+    return _dropped_input_cfg(score_fn, guidance_scale, "tokens", "caption", "a text-conditioned score_fn")
+
+
+def _dropped_input_cfg(score_fn: Callable[..., Tensor], guidance_scale: float, key: str, what: str,
+                       needs: str) -> Callable[..., Tensor]:
+    """(1 + w) s(x, t, key=v) - w s(x, t, key dropped): the network drops `key` where `<key>_null` is True."""
     w = check_nonnegative(guidance_scale, "guidance_scale")
-    keys = cond_keys(score_fn)
-    if keys is not None and "low_res_null" not in keys:
-        raise ValueError("low-resolution classifier-free guidance needs a super-resolution score_fn (one that takes "
-                         f"low_res_null), but {getattr(score_fn, '__name__', type(score_fn).__name__)} takes "
+    keys, flag = cond_keys(score_fn), f"{key}_null"
+    if keys is not None and flag not in keys:
+        raise ValueError(f"{what} classifier-free guidance needs {needs} (one that takes {flag}), but "
+                         f"{getattr(score_fn, '__name__', type(score_fn).__name__)} takes "
                          f"{sorted(keys) or 'no conditioning'}")
 
-    def guided(x: Tensor, t: Tensor, low_res: Optional[Tensor] = None, **cond) -> Tensor:
-        if low_res is None:
-            raise ValueError("low-resolution classifier-free guidance needs low_res (cond={'low_res': z, ...})")
+    def guided(x: Tensor, t: Tensor, **cond) -> Tensor:
+        if cond.get(key) is None:
+            raise ValueError(f"{what} classifier-free guidance needs {key} (cond={{{key!r}: ..., ...}})")
         if w == 0:
-            return score_fn(x, t, low_res=low_res, **cond)
+            return score_fn(x, t, **cond)
         null = torch.arange(2 * x.shape[0], device=x.device) >= x.shape[0]   # [False; True]
-        return _mix(score_fn, x, t, w, low_res=_twice(low_res), low_res_null=null,
-                    **{k: _twice(v) for k, v in cond.items()})
+        return _mix(score_fn, x, t, w, **{flag: null}, **{k: _twice(v) for k, v in cond.items()})
 
     guided.guidance_scale = w
-    guided.cond_keys = None if keys is None else tuple(k for k in keys if k != "low_res_null")
+    guided.cond_keys = None if keys is None else tuple(k for k in keys if k != flag)
     return guided
 
 

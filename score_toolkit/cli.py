@@ -38,6 +38,9 @@ MODES = {
     "train": "train into the workdir; run it again to resume from the newest checkpoint",
     "distill": "train a few-step student of config.distill.teacher (progressive distillation, consistency "
                "distillation or training) into the workdir; run it again to resume",
+    "autoencoder": "train the autoencoder of latent diffusion (config.autoencoder) on config.data into the workdir, "
+                   "then its PSNR, reconstruction FID and latent scale -> <workdir>/export/autoencoder_step<N>.pt, "
+                   "for config.latent.autoencoder; run it again to resume",
     "eval": "held-out loss, NLL (nats, bits/dim), samples and their quality -> <workdir>/<eval_folder>/results.json",
     "sample": "config.sampling.n_samples samples -> <workdir>/<eval_folder>/samples_<method>_ckpt<step>/ and .png",
     "cascade": "a cascade of workdirs (config.sampling.cascade_from: the stage below, down to a base model): every "
@@ -206,6 +209,7 @@ def main(command: Command, argv: List[str]) -> int:
     from score_toolkit import evaluation
     from score_toolkit import prepare
     from score_toolkit import runtime
+    from score_toolkit import autoencoder_run
     from score_toolkit import cascade_run
     from score_toolkit import distill_run
     from score_toolkit import training
@@ -226,6 +230,7 @@ def main(command: Command, argv: List[str]) -> int:
         net = (training.check_inputs(config, workdir) if mode == "train"
                else distill_run.check_inputs(config, workdir) if mode == "distill"
                else cascade_run.check_inputs(config, workdir) if mode == "cascade"
+               else autoencoder_run.check_inputs(config, workdir) if mode == "autoencoder"
                else evaluation.check_inputs(config, workdir, mode))
     except MissingInputError as e:
         if e.make_with:
@@ -249,6 +254,8 @@ def main(command: Command, argv: List[str]) -> int:
             training.train(config, workdir, net=net)
         elif mode == "distill":
             distill_run.run(config, workdir, net=net)
+        elif mode == "autoencoder":
+            autoencoder_run.run(config, workdir)
         elif mode == "eval":
             evaluation.evaluate(config, workdir, FLAGS.eval_folder, net=net)
         elif mode == "sample":

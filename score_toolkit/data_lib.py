@@ -110,7 +110,14 @@ class ImageData:
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Tuple[Tensor, Dict[str, Tensor]]:
         """A batch of training images in model space, and {"y": their class labels [B]}."""
-        idx = torch.randint(0, len(self.train_uint8), (batch_size,), generator=generator)
+        return self.batch_at(self.draw_indices(batch_size, generator), generator)
+
+    def draw_indices(self, batch_size: int, generator: torch.Generator) -> Tensor:
+        """Which training images a batch holds, [B] int64, drawn with replacement."""
+        return torch.randint(0, len(self.train_uint8), (batch_size,), generator=generator)
+
+    def batch_at(self, idx: Tensor, generator: torch.Generator) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """The training images idx [B] (randomly mirrored with data.random_flip) and their labels."""
         images = self.train_uint8[idx]
         if self.random_flip:
             images = image_data.random_hflip(images, generator)

@@ -26,12 +26,14 @@ import torch
 from tqdm.auto import tqdm
 
 from score_toolkit import bound
+from score_toolkit import caption_data
 from score_toolkit import checkpoints
 from score_toolkit import data_lib
 from score_toolkit import distributed
 from score_toolkit import factories
 from score_toolkit import image_data
 from score_toolkit import inverse_problems
+from score_toolkit import latent_data
 from score_toolkit import run_config
 from score_toolkit import runtime
 from score_toolkit import super_resolution
@@ -190,15 +192,18 @@ def heldout_nll(config, sde, model, data, out_dir: str, ckpt_step: int) -> Dict[
         if b in log.done:
             continue
         i, stop = starts[b], min(starts[b] + e.batch_size, n_total)
-        nats, bpd, nfe = data.nll(sde, score_fn, i, stop, e, seed=config.seed + b, device=device)
+        nats, bpd, nfe, *extra = data.nll(sde, score_fn, i, stop, e, seed=config.seed + b, device=device)
         true = data.true_nll_nats(data.test[i:stop])
         log.add({"batch": b, "n": stop - i, "nll_sum": float(nats.sum()), "bpd_sum": float(bpd.sum()), "nfe": nfe,
-                 "true_nll_sum": None if true is None else float(true.sum())})
+                 "true_nll_sum": None if true is None else float(true.sum()),
+                 "extra_sums": {k: float(v.sum()) for k, v in (extra[0] if extra else {}).items()}})
     done = distributed.gather_dict({b: log.done[b] for b in mine})
     recs = [done[b] for b in range(len(starts))]
     n = sum(r["n"] for r in recs)
     out = {"nll_nats": sum(r["nll_sum"] for r in recs) / n, "nll_bits_per_dim": sum(r["bpd_sum"] for r in recs) / n,
            "nfe_mean": sum(r["nfe"] for r in recs) / len(recs)}
+    for key in recs[0].get("extra_sums", {}):  # e.g. a latent model's latent_bits_per_dim
+        out[key] = sum(r["extra_sums"][key] for r in recs) / n
     if recs[0]["true_nll_sum"] is not None:
         out["true_nll_nats"] = sum(r["true_nll_sum"] for r in recs) / n
         out["nll_gap_nats"] = out["nll_nats"] - out["true_nll_nats"]
@@ -237,7 +242,8 @@ def draw_samples(config, sde, model, data, folder: str, n: int) -> torch.Tensor:
             with torch.no_grad():
                 x, _ = sample(score_fn, data.sample_shape(size), seed=config.seed + 100_003 * (b + 1),
                               start=b * bs, cond={**labels(size, start=b * bs),
-                                                  **super_resolution.sample_cond(config, data, size, b * bs)})
+                                                  **super_resolution.sample_cond(config, data, size, b * bs),
+                                                  **caption_data.sample_cond(config, model, size)})
             kept = data.to_data_space(x).numpy()
             checkpoints.atomic_write_bytes(path, lambda f: np.savez(f, samples=kept, settings=np.array(settings)),
                                            what=f"sample batch {b}")
@@ -364,10 +370,11 @@ def _prepare(config, workdir: str, eval_folder: str, mode: str, net=None):
     the output folder)."""
     net = check_inputs(config, workdir, mode) if net is None else net
     sde = factories.build_sde(config)
-    data = super_resolution.wrap(config, data_lib.load(config), sde)
+    data = super_resolution.wrap(config, latent_data.wrap(config, data_lib.load(config), local_device(config)), sde)
     model, ckpt_step = load_ema_model(config, workdir, net)
     if distributed.is_main():
         checkpoints.start_run(workdir, config)
+        latent_data.pin_autoencoder(workdir, data)
     out_dir = os.path.join(workdir, eval_folder)
     os.makedirs(out_dir, exist_ok=True)
     return sde, data, model.to(local_device(config)), ckpt_step, out_dir

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
+from score_toolkit import caption_data
 from score_toolkit import distillation
 from score_toolkit import losses
 from score_toolkit import noisy_classifier
@@ -65,9 +66,10 @@ def build_model(config) -> torch.nn.Module:
         raise ConfigError(f"config.model.{unknown[0]}: model {config.model.name!r} takes no argument "
                           f"{unknown[0]!r}; it takes {sorted(k for k in accepted if k != 'self')}")
     try:
-        return cls(**kwargs)
+        net = cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config.model: {e}") from e
+    return caption_data.build_network(config, net) if caption_data.is_text(config) else net
 
 
 def build_precond(config, sde: sde_lib.SDE, net: torch.nn.Module) -> models.Precond:
@@ -115,6 +117,8 @@ def build_score_fn(config, sde: sde_lib.SDE, net: torch.nn.Module, device: torch
     model, s = build_precond(config, sde, net), config.sampling
     if s.guidance_scale == 0:
         return model
+    if s.guidance == "cfg" and caption_data.is_text(config):  # a text model: the null caption
+        return samplers.caption_cfg_score(model, s.guidance_scale)
     if s.guidance == "cfg" and config.model.get("sr_from", 0):  # a super-resolution model: drop its low resolution
         return samplers.low_res_cfg_score(model, s.guidance_scale)
     if s.guidance == "cfg":

@@ -16,7 +16,8 @@ from typing import Any, Dict, List, Tuple
 # configs since the workdir was made) is allowed too: a new key's default keeps the old behaviour.
 RUN_TIME_KEYS = ("training.n_iters", "training.log_freq", "training.snapshot_freq", "training.checkpoint_freq",
                  "training.keep_checkpoints", "device", "num_threads", "data.root", "sampling.*", "eval.*",
-                 "training.channels_last", "optim.impl", "compile")
+                 "training.channels_last", "optim.impl", "compile", "autoencoder.n_iters", "autoencoder.log_freq",
+                 "autoencoder.checkpoint_freq", "autoencoder.keep_checkpoints", "autoencoder.n_eval")
 ABSENT = "(absent)"
 
 

@@ -20,9 +20,11 @@ import torch
 from tqdm.auto import tqdm
 
 from score_toolkit import bound
+from score_toolkit import caption_data
 from score_toolkit import checkpoints
 from score_toolkit import data_lib
 from score_toolkit import distributed
+from score_toolkit import latent_data
 from score_toolkit import memory
 from score_toolkit import factories
 import models
@@ -49,7 +51,7 @@ class TrainState:
         where it has one."""
         self.loss_fn = loss_fn
         torch.manual_seed(config.seed)  # seeds CUDA's generators too
-        self.device = distributed.local_device(runtime.get_device(config))
+        self.device = state_device(config)
         # Built on the CPU, then moved: the same seed gives the same initial weights on every device.
         self.model = (net if net is not None else factories.build_model(config)).to(self.device)
         self.ema = models.ExponentialMovingAverage(self.model.parameters(), decay=config.model.ema_rate)
@@ -194,7 +196,8 @@ def snapshot(state: TrainState, config, sde, data, workdir: str) -> str:
             sample = factories.build_sampler(config, sde, state.device, gamma=gamma)
             x, nfe = sample(factories.build_score_fn(config, sde, state.model, state.device), data.sample_shape(n),
                             seed=config.seed + state.step,
-                            cond={**factories.sample_labels(config, n), **super_resolution.sample_cond(config, data, n)})
+                            cond={**factories.sample_labels(config, n), **super_resolution.sample_cond(config, data, n),
+                                  **caption_data.sample_cond(config, state.model, n)})
     finally:
         state.model.train()
     path = os.path.join(workdir, "samples", f"samples_{state.step}.png")
@@ -290,6 +293,11 @@ def _agreed_stop(stop: StopRequest) -> Optional[int]:
     return distributed.all_reduce_max(stop.signum or 0) or None if distributed.active() else stop.signum
 
 
+def state_device(config) -> torch.device:
+    """The device this process trains on (this rank's under torchrun)."""
+    return distributed.local_device(runtime.get_device(config))
+
+
 def training_model(config, sde, state: TrainState) -> "models.Precond":
     """The preconditioned network that training steps call: state.model, its forward compiled by
     torch.compile when config.compile (the same parameters; snapshots sample with the uncompiled one).
@@ -310,7 +318,7 @@ def check_inputs(config, workdir: str) -> torch.nn.Module:
     world = distributed.env_world_size()
     validation.check_world_size(config, world)
     shape = (config.model.dim,) if config.data.kind == "points" else \
-        (config.data.num_channels, config.data.image_size, config.data.image_size)
+        (config.model.num_channels, config.model.image_size, config.model.image_size)
     memory.check_batch_fits(net, shape, config.training.batch_size // max(world, 1), runtime.get_device(config),
                             "training.batch_size")
     data_lib.check_files(config, ("train",))
@@ -344,10 +352,13 @@ def train(config, workdir: str, max_steps: Optional[int] = None, net: Optional[t
         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     sde = factories.build_sde(config)
-    data = super_resolution.wrap(config, data_lib.load(config), sde)
+    data = super_resolution.wrap(config, latent_data.wrap(config, data_lib.load(config), state_device(config)), sde)
+    if main:
+        latent_data.pin_autoencoder(workdir, data)
     loss_fn = factories.build_loss(config, sde) if loss_fn is None else loss_fn
     before, after = getattr(loss_fn, "before_step", None), getattr(loss_fn, "after_step", None)
     state = resume_or_start(config, ckpt_dir, net, loss_fn)
+    data = caption_data.wrap(config, data, state.model)  # after the resume: the checkpoint's vocabulary
     if distributed.active():
         distributed.seed_rank_rng(config.seed, state.step)
     model = training_model(config, sde, state)

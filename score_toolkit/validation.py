@@ -17,6 +17,8 @@ from score_toolkit import factories
 from score_toolkit import image_data
 from score_toolkit import inverse_problems
 from score_toolkit import runtime
+from score_toolkit import caption_data
+from score_toolkit import latent_data
 from score_toolkit import toy_data
 from score_toolkit import vlb_losses
 from score_toolkit.config_keys import get_key
@@ -56,6 +58,8 @@ def validate_config(config: ml_collections.ConfigDict) -> torch.nn.Module:
     factories.build_loss(config, sde)
     _validate_distill(config, sde)
     _validate_parametrization(config, sde)
+    if caption_data.is_text(config):  # before the network, which holds the text encoder
+        caption_data.check_config(config)
     with torch.random.fork_rng(devices=[]):  # the caller's RNG stays as it was
         torch.manual_seed(config.seed)
         net = factories.build_model(config)
@@ -305,6 +309,10 @@ def _validate_guidance(config) -> None:
         require(config.model.get("sr_p_uncond", 0.0) > 0, "sampling.guidance_scale", s.guidance_scale,
                 "classifier-free guidance of a super-resolution model drops its low resolution, and this one was "
                 "trained without dropping it (config.model.sr_p_uncond = 0); set sampling.guidance_scale = 0")
+    elif s.guidance_scale > 0 and s.guidance == "cfg" and caption_data.is_text(config):
+        require(config.text.p_uncond > 0, "sampling.guidance_scale", s.guidance_scale,
+                "classifier-free guidance of a text model needs the null caption, which training with "
+                "config.text.p_uncond = 0 never showed it; set sampling.guidance_scale = 0")
     elif s.guidance_scale > 0 and s.guidance == "cfg":
         require(K > 0, "sampling.guidance_scale", s.guidance_scale,
                 "classifier-free guidance needs a class-conditional network, and config.model.num_classes = 0; "
@@ -364,7 +372,16 @@ def _validate_images(config) -> None:
     _positive(config, "data.image_size", integer=True)
     _one_of(config, "data.num_channels", (1, 3))
     _positive(config, "data.pad_to", integer=True, allow_zero=True)
-    for key in ("model.image_size", "model.num_channels"):
+    if latent_data.is_latent(config):  # the network's shape is the latents' (latent_data.check_config)
+        require(config.model.get("sr_from", 0) == 0, "model.sr_from", config.model.sr_from,
+                "a latent model takes no low-resolution image; cascade pixel models instead")
+        require(config.sampling.task == "none", "sampling.task", config.sampling.task,
+                "a latent model samples without a task (inpainting and posterior sampling run on pixel models)")
+        require(not config.eval.enable_bound, "eval.enable_bound", True,
+                "the discrete chain's bound has an 8-bit image decoder; a latent model's image bound is the "
+                "NLL's (eval.enable_nll, with latent.decoder)")
+        latent_data.check_config(config)
+    for key in () if latent_data.is_latent(config) else ("model.image_size", "model.num_channels"):
         data_key = "data." + key.split(".")[1]
         require(get_key(config, key) == get_key(config, data_key), key, get_key(config, key),
                 f"must equal config.{data_key} = {get_key(config, data_key)!r}")

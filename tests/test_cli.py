@@ -48,7 +48,7 @@ def assert_clean_error(r, status=2):
 
 
 @pytest.mark.parametrize("args, first, second", [
-    (["--config.training.lrr=1"], "error: config.training.lrr: no such key; did you mean config.optim.lr?",
+    (["--config.training.lrr=1"], "error: config.training.lrr: no such key; did you mean config.optim.lr or config.autoencoder.lr?",
      "  all keys: python main.py --mode config --config configs/swissroll_vp_mlp.py"),
     (["--config.trainin.n_iters=5"], "error: config.trainin.n_iters: no such key; did you mean config.training.n_iters?",
      "  all keys: python main.py --mode config --config configs/swissroll_vp_mlp.py"),
@@ -57,7 +57,7 @@ def assert_clean_error(r, status=2):
     (["--config=configs/cifar10_ve_ncsnpp.py:huge"],
      "error: --config configs/cifar10_ve_ncsnpp.py:huge: config argument (width) must be one of ['paper', 'small'], "
      "got 'huge'", None),
-    (["--mode", "trian"], "error: --mode=trian: must be one of train, distill, eval, sample, cascade, export, classifier, stats, noisy_classifier, config; "
+    (["--mode", "trian"], "error: --mode=trian: must be one of train, distill, autoencoder, eval, sample, cascade, export, classifier, stats, noisy_classifier, config; "
      "did you mean --mode=train?", None),
     (["--workdr=x"], "error: Unknown command line flag 'workdr'. did you mean --workdir?", None),
 ])
@@ -84,7 +84,7 @@ def test_impossible_value_names_key_value_and_allowed(tmp_path):
 def test_verbose_brings_the_traceback_back():
     r = cli("--config.training.lrr=1", "--verbose")
     assert r.returncode == 2 and "Traceback" in r.stderr
-    assert r.stderr.strip().splitlines()[-2] == "error: config.training.lrr: no such key; did you mean config.optim.lr?"
+    assert r.stderr.strip().splitlines()[-2] == "error: config.training.lrr: no such key; did you mean config.optim.lr or config.autoencoder.lr?"
 
 
 def test_the_printed_key_listing_command_works():

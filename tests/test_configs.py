@@ -37,9 +37,20 @@ def test_paper_width_builds(name):
     assert config.model.nf == 128 and config.training.batch_size == 128
 
 
+def untrained_autoencoder(workdir) -> str:
+    """An export of configs/fashionmnist_autoencoder.py's (default) autoencoder at its initial weights,
+    for the latent configs, whose validation reads their autoencoder's shapes."""
+    from score_toolkit import autoencoders
+    ae_config = load("fashionmnist_autoencoder")
+    autoencoders.export(str(workdir), ae_config, autoencoders.build(ae_config.autoencoder, ae_config.data), 0, 1.0)
+    return str(workdir)
+
+
 @pytest.mark.parametrize("name", CONFIG_FILES)
-def test_config_loads_and_validates(name):
+def test_config_loads_and_validates(name, tmp_path):
     config = load(name)
+    if config.latent.autoencoder:
+        config.latent.autoencoder = untrained_autoencoder(tmp_path)
     validation.validate_config(config)
     sde = factories.build_sde(config)
     assert factories.build_model(config) is not None and sde.N == config.sde.N

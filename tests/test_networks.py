@@ -151,7 +151,7 @@ def test_ddpmpp_is_ncsnpp_with_the_vp_defaults():
     (dict(progressive_combine="avg"), "progressive_combine"),
     (dict(resblock_type="resnet"), "resblock_type"),
     (dict(embedding_type="learned"), "embedding_type"),
-    (dict(num_channels=2), "num_channels must be 1 or 3, got 2"),
+    (dict(num_channels=0), "num_channels must be an int >= 1, got 0"),
     (dict(conv_size=5), "conv_size"),
     (dict(nf=18), "nf=18"),
     (dict(nf=2), "nf must be"),

@@ -10,7 +10,7 @@ A latent diffusion model is then a score model whose data are z * latent_scale(z
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -367,24 +367,18 @@ class PointAutoencoderKL(_KLAutoencoder):
 # ----------------------------------------------------------------------------- training objective, latent scale
 
 def kl_autoencoder_loss(ae: _KLAutoencoder, x: Tensor, generator: Optional[torch.Generator] = None, *,
-                        kl_weight: float = 1e-6, rec: str = "l1", reduce: str = "mean",
-                        perceptual: Optional[Callable[[Tensor], Tensor]] = None,
-                        perceptual_weight: float = 1.0, return_recon: bool = False):
+                        kl_weight: float = 1e-6, rec: str = "l1", reduce: str = "mean", return_recon: bool = False):
     """(loss, logs) of the KL autoencoder on x [B, ...], normalised as latent diffusion does: per sample
 
-        L_b = rec_b + kl_weight KL_b (+ perceptual_weight ||phi(x_b) - phi(x_hat_b)||^2),
+        L_b = rec_b + kl_weight KL_b,
 
     rec_b summed over pixels of |x - x_hat| ("l1"), (x - x_hat)^2 ("l2") or -log N(x; x_hat, exp(2 log_scale))
     ("nll", which learns log_scale), x_hat = decode(z), z ~ q(z | x) drawn with `generator`; KL_b summed over
-    latents; phi = `perceptual` (x [B, ...] -> features [B, F]), the squared distance summed over features.
-    loss = mean of L_b over the batch ("mean") or their sum ("sum"). logs: loss and batch means of rec, kl
-    (and perceptual), and log_scale. Returns (loss, logs), or (loss, logs, x_hat) with `return_recon`."""
+    latents. loss = mean of L_b over the batch ("mean") or their sum ("sum"). logs: loss and batch means of
+    rec and kl, and log_scale. Returns (loss, logs), or (loss, logs, x_hat) with `return_recon`."""
     checks.check_one_of("rec", rec, REC_LOSSES)
     checks.check_one_of("reduce", reduce, ("mean", "sum"))
     checks.check_nonnegative(kl_weight, "kl_weight")
-    checks.check_nonnegative(perceptual_weight, "perceptual_weight")
-    if perceptual is not None and not callable(perceptual):
-        raise TypeError(f"perceptual must be a callable x -> features [B, F] or None, got {type(perceptual).__name__}")
     x_hat, posterior = ae(x, sample=True, generator=generator)
     if rec == "nll":
         rec_b = -gaussian_log_prob(x, x_hat, ae.log_scale)
@@ -394,12 +388,6 @@ def kl_autoencoder_loss(ae: _KLAutoencoder, x: Tensor, generator: Optional[torch
     total = rec_b + kl_weight * kl_b
     logs = {"rec": float(rec_b.detach().mean()), "kl": float(kl_b.detach().mean()),
             "log_scale": float(ae.log_scale.detach())}
-    if perceptual is not None:
-        with torch.no_grad():  # the data's features carry no gradient
-            target = perceptual(x)
-        p_b = _per_sample_sum((perceptual(x_hat) - target) ** 2)
-        total = total + perceptual_weight * p_b
-        logs["perceptual"] = float(p_b.detach().mean())
     loss = total.mean() if reduce == "mean" else total.sum()
     logs["loss"] = float(loss.detach())
     return (loss, logs, x_hat) if return_recon else (loss, logs)

@@ -35,7 +35,6 @@ from score_toolkit import data_lib
 from score_toolkit import features
 from score_toolkit import image_data
 from score_toolkit import runtime
-from score_toolkit.errors import MissingInputError
 from score_toolkit.run_config import config_differences, describe_differences
 from score_toolkit.training import MetricsLog, StopRequest, TrainingStopped, _stop_if_not_finite
 import models.autoencoder
@@ -47,12 +46,12 @@ SCALE_IMAGES = 10_000  # training images the latent scale is measured on
 
 
 def check_inputs(config, workdir: str) -> None:
-    """The config (autoencoders.check_config), the training data's files, the feature classifier where
-    the perceptual loss needs it, and a workdir made with an equivalent config. Writes nothing."""
+    """The config (autoencoders.check_config), the training data's files, the feature classifier and
+    statistics where the perceptual loss or the reconstruction FID need them, and a workdir made with an
+    equivalent config. Writes nothing."""
     autoencoders.check_config(config)
     data_lib.check_files(config, ("train", "test"))
-    if config.autoencoder.perceptual_weight > 0:
-        data_lib.check_quality_files(config, ("eval.feature_path",))
+    data_lib.check_quality_files(config)  # with eval.feature_extractor set: the reconstructions' FID at the end
     checkpoints.check_run_config(workdir, config)
 
 
@@ -122,8 +121,10 @@ def train_step(state: AutoencoderState, x: Tensor, config, perceptual) -> Dict[s
     """One step of each optimizer (module docstring); the logged terms as floats."""
     a = config.autoencoder
     loss, x_hat, logs = autoencoder_loss(state.ae, x, config, state.generator)
-    if perceptual is not None:
-        p = (perceptual(x) - perceptual(x_hat)).pow(2).sum(1).mean()
+    if perceptual is not None:  # per image, summed over features (the KL loss's normalisation)
+        with torch.no_grad():  # the data's features carry no gradient
+            target = perceptual(x)
+        p = (perceptual(x_hat) - target).pow(2).sum(1).mean()
         loss, logs["perceptual"] = loss + a.perceptual_weight * p, p.item()
     adversarial = state.disc is not None and state.step >= a.disc_start
     if adversarial:

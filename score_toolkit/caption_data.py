@@ -47,6 +47,9 @@ def check_config(config) -> None:
         v = t[key]
         require(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"text.{key}", v, "must be a positive integer")
     require(0 <= t.p_uncond < 1, "text.p_uncond", t.p_uncond, "must lie in [0, 1)")
+    words = len(text_encoder.tokenize(config.sampling.prompt))
+    require(t.encoder != "transformer" or words + 1 <= t.max_len, "sampling.prompt", config.sampling.prompt,
+            f"its {words} words and the start token are more than text.max_len = {t.max_len} tokens")
     if t.encoder == "transformer":
         require(config.model.context_dim == t.dim, "model.context_dim", config.model.context_dim,
                 f"must equal text.dim = {t.dim}, the width of the transformer's output")

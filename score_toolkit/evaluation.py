@@ -313,13 +313,16 @@ def local_device(config) -> torch.device:
 def _task_sampler(config, sde, data, device: torch.device):
     """The sampler of config.sampling.task on `device`, on the observed images: a posterior sampler, or
     inpainting / colorization by replacement."""
-    shape = data.sample_shape(1)[1:]
+    d = config.data
+    shape = (d.num_channels, d.image_size, d.image_size)  # the images', also for a latent model
     try:
         observed = data_lib.load_observed(config.sampling.observed, shape)
         mask = data_lib.inpainting_mask(config.sampling.mask, shape) if config.sampling.task == "inpaint" else None
     except ValueError as e:
         raise ConfigError(str(e)) from e
     observed = data.scaler(image_data.to_unit_interval(observed))
+    if isinstance(data, latent_data.LatentData):  # inpaint the latents: the known ones, and their values
+        observed, mask = data.encode_observed(observed), data.latent_mask(mask)
     if inverse_problems.uses_posterior_sampler(config):
         return inverse_problems.build_posterior_sampler(config, sde, device, observed, mask)
     return factories.build_task_sampler(config, sde, device, observed, mask)

@@ -141,9 +141,14 @@ class LatentData:
     def batch_at(self, idx: Tensor, generator: torch.Generator) -> Tuple[Tensor, Dict[str, Tensor]]:
         """The latents of training images idx [B] (`train_batch`)."""
         caches = self.train_latents
-        which = (torch.rand(batch_size, generator=generator) < 0.5) if len(caches) == 2 else None
-        pick = (lambda key: caches[0][key][idx]) if which is None else (
-            lambda key: torch.where(which.view(-1, *[1] * len(self.latent_shape)), caches[1][key][idx], caches[0][key][idx]))
+        mirrored = (torch.rand(len(idx), generator=generator) < 0.5) if len(caches) == 2 else None
+
+        def pick(key: str) -> Tensor:  # the mirrored image's latents where `mirrored`
+            rows = caches[0][key][idx]
+            if mirrored is None:
+                return rows
+            return torch.where(mirrored.view(-1, *[1] * len(self.latent_shape)), caches[1][key][idx], rows)
+
         z = pick("mean")
         if self.config.latent.sample_posterior and "std" in caches[0]:
             z = z + pick("std") * torch.randn(z.shape, generator=generator, dtype=z.dtype)
@@ -158,6 +163,20 @@ class LatentData:
         """Model-space images decode(w / s) of latents w [N, *latent_shape], on the CPU."""
         return torch.cat([self.ae.decode(b.to(self.device, torch.float32) / self.scale).cpu()
                           for b in w.split(CACHE_BATCH)])
+
+    @torch.no_grad()
+    def encode_observed(self, images: Tensor) -> Tensor:
+        """Latents w = s E[z | x] of model-space images [N, C, H, W] (for inpainting), on the CPU."""
+        return self.scale * posterior_moments(self.ae, images, self.device)[0]
+
+    def latent_mask(self, mask: Tensor) -> Tensor:
+        """An image mask [C, H, W] (1 where known) at the latents' resolution [C', H/f, W/f]: a latent
+        position is known where its whole f x f block of pixels, in every channel, is known (its encoder
+        features still see past the block's edge, so the known latents near a hole's border are close to,
+        not exactly, those of the observed image)."""
+        c, h, w = self.latent_shape
+        known = -torch.nn.functional.adaptive_max_pool2d(-mask.float().amin(0, keepdim=True)[None], (h, w))[0]
+        return known.expand(c, h, w).clone()
 
     def to_data_space(self, w: Tensor) -> Tensor:
         """Samples as saved and measured: the decoded uint8 images [N, C, H, W]."""

@@ -375,8 +375,9 @@ def _validate_images(config) -> None:
     if latent_data.is_latent(config):  # the network's shape is the latents' (latent_data.check_config)
         require(config.model.get("sr_from", 0) == 0, "model.sr_from", config.model.sr_from,
                 "a latent model takes no low-resolution image; cascade pixel models instead")
-        require(config.sampling.task == "none", "sampling.task", config.sampling.task,
-                "a latent model samples without a task (inpainting and posterior sampling run on pixel models)")
+        require(config.sampling.task in ("none", "inpaint") and not inverse_problems.uses_posterior_sampler(config),
+                "sampling.task", config.sampling.task, "a latent model inpaints its latents (the mask taken to "
+                "their resolution) by replacement; colorization and posterior sampling run on pixel models")
         require(not config.eval.enable_bound, "eval.enable_bound", True,
                 "the discrete chain's bound has an 8-bit image decoder; a latent model's image bound is the "
                 "NLL's (eval.enable_nll, with latent.decoder)")

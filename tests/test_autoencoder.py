@@ -6,7 +6,6 @@ import math
 import mpmath
 import pytest
 import torch
-import torch.nn as nn
 from torch.distributions import Independent, Normal, kl_divergence
 
 from models.autoencoder import (AutoencoderKL, DiagonalGaussian, PointAutoencoderKL, discretized_gaussian_log_prob,
@@ -241,19 +240,16 @@ def test_kl_autoencoder_loss_equals_its_formula(rec):
     torch.manual_seed(0)
     ae = PointAutoencoderKL(dim=4, latent_dim=2, hidden=(8,), init_log_scale=-0.4).double()
     x = torch.randn(5, 4, generator=_gen(0), dtype=F64)
-    feats = nn.Linear(4, 3).double()
-    loss, logs = kl_autoencoder_loss(ae, x, _gen(3), kl_weight=0.1, rec=rec, perceptual=feats, perceptual_weight=0.5)
+    loss, logs = kl_autoencoder_loss(ae, x, _gen(3), kl_weight=0.1, rec=rec)
     q = ae.encode(x)
     x_hat = ae.decode(q.mean + q.std * torch.randn(5, 2, generator=_gen(3), dtype=F64))
     r = {"l1": (x - x_hat).abs().sum(1), "l2": ((x - x_hat) ** 2).sum(1),
          "nll": -Normal(x_hat, ae.log_scale.exp()).log_prob(x).sum(1)}[rec]
     kl = 0.5 * (q.mean ** 2 + q.var - 1 - q.logvar).sum(1)
-    p = ((feats(x) - feats(x_hat)) ** 2).sum(1)
-    torch.testing.assert_close(loss, (r + 0.1 * kl + 0.5 * p).mean(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(loss, (r + 0.1 * kl).mean(), rtol=1e-12, atol=0)
     assert logs["rec"] == pytest.approx(r.mean().item(), rel=1e-12)
-    assert logs["perceptual"] == pytest.approx(p.mean().item(), rel=1e-12)
-    total, _ = kl_autoencoder_loss(ae, x, _gen(3), kl_weight=0.1, rec=rec, reduce="sum", perceptual=feats,
-                                   perceptual_weight=0.5)
+    assert logs["kl"] == pytest.approx(kl.mean().item(), rel=1e-12)
+    total, _ = kl_autoencoder_loss(ae, x, _gen(3), kl_weight=0.1, rec=rec, reduce="sum")
     torch.testing.assert_close(total, 5 * loss, rtol=1e-12, atol=0)
     *_, recon = kl_autoencoder_loss(ae, x, _gen(3), rec=rec, return_recon=True)
     torch.testing.assert_close(recon, x_hat, rtol=0, atol=0)        # the same draw: the reconstruction used
@@ -270,8 +266,6 @@ def test_only_the_nll_loss_trains_log_scale_and_bad_options_are_refused():
         kl_autoencoder_loss(ae, x, rec="l3")
     with pytest.raises(ValueError, match="reduce"):
         kl_autoencoder_loss(ae, x, reduce="max")
-    with pytest.raises(TypeError, match="perceptual"):
-        kl_autoencoder_loss(ae, x, perceptual=3)
 
 
 def test_latent_scale_gives_unit_std():

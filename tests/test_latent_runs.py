@@ -94,9 +94,19 @@ def test_latent_model_trains_samples_and_reports_both_likelihoods(trained_ae, im
     folder = evaluation.sample(c, str(tmp_path))
     x = evaluation.load_samples(folder)
     assert x.shape == (8, 1, 8, 8) and x.dtype.name == "uint8"
-    # the workdir is pinned to this autoencoder: a retrained one is refused, naming both
+    # the workdir is pinned to this autoencoder
     pin = json.load(open(tmp_path / latent_data.PIN))
     assert pin["fingerprint"] == autoencoders.load(str(ae_dir))[1]["fingerprint"]
+    # inpainting runs on the latents: the left half of the images known, so the left half of the latents
+    data = latent_data.wrap(c, data_lib.load(c))
+    mask = data_lib.inpainting_mask("right", (1, 8, 8))  # the right half missing
+    assert torch.equal(data.latent_mask(mask), torch.tensor([1.0, 1, 0, 0]).expand(2, 4, 4))
+    np_path = tmp_path / "observed.npz"
+    import numpy as np
+    np.savez(np_path, samples=data.test_uint8[:2].numpy())
+    c.sampling.task, c.sampling.observed, c.sampling.mask = "inpaint", str(np_path), "right"
+    x = evaluation.load_samples(evaluation.sample(c, str(tmp_path), eval_folder="inpaint"))
+    assert x.shape == (8, 1, 8, 8)
 
 
 def test_a_missing_or_mismatched_autoencoder_is_refused_before_work(trained_ae, images, tmp_path):
@@ -132,3 +142,21 @@ def test_command_line_autoencoder_mode(images, tmp_path):
     res = json.load(open(tmp_path / "results.json"))
     assert 0 < res["codebook_used_fraction"] <= 1 and res["codebook_perplexity"] >= 1
     assert (tmp_path / "export" / "autoencoder_step3.pt").exists()
+
+
+def test_mirrored_images_come_from_their_own_cache(trained_ae, images, tmp_path):
+    ae_dir, _ = trained_ae
+    c = lat_config(images, ae_dir, channels=2)
+    c.data.random_flip, c.latent.sample_posterior = True, False
+    data = latent_data.wrap(c, data_lib.load(c))
+    g = torch.Generator().manual_seed(0)
+    idx = data.draw_indices(64, g)
+    w, cond = data.batch_at(idx, g)
+    plain, mirrored = (cache["mean"][idx] * data.scale for cache in data.train_latents)
+    is_plain = (w == plain).flatten(1).all(1)
+    is_mirrored = (w == mirrored).flatten(1).all(1)
+    assert bool((is_plain | is_mirrored).all()) and 10 < int(is_mirrored.sum()) < 54
+    assert torch.equal(cond["y"], data.train_labels[idx])
+    # the mirrored cache holds the latents of the mirrored images
+    first = data.scaler(image_data.to_unit_interval(data.train_uint8[:4].flip(-1)))
+    assert torch.allclose(latent_data.posterior_moments(data.ae, first, "cpu")[0], data.train_latents[1]["mean"][:4], atol=1e-6)

@@ -134,7 +134,7 @@ def main() -> None:
         x, nfe = draw(data, sde, score_fn, args.n, args.batch, args.steps)
         seconds = time_per_image(data, sde, score_fn, args.batch, args.steps, args.repeats)
         step = evaluation.load_ema_model(config, workdir)[1]
-        emit({"kind": "model", "name": name, "workdir": workdir, "latent": bool(config.latent.autoencoder),
+        emit({"kind": "model", "name": name, "workdir": workdir, "latent": latent_data.is_latent(config),
               "step": step, "n": len(x), "nfe": nfe, "fid": fid(classifier, reference, x),
               "seconds_per_image": round(seconds, 5)}, args.out)
     if args.text:

@@ -2,7 +2,7 @@
 conditioned on captions made from each training image's class and measured attributes (brightness, size,
 which way footwear points; score_toolkit/captions.py). A small transformer trained from scratch encodes
 the caption (its vocabulary is built from the captions and saved with the weights); the U-Net reads it
-by cross-attention (SpatialTransformer blocks at 8x8 and 4x4), and the caption's start token is added to
+by cross-attention (SpatialTransformer blocks at 8x8 and 4x4), and the encoding of its last token is added to
 the time embedding (GLIDE). 10% caption dropout gives the null caption for classifier-free guidance:
 
     python main.py --mode sample --config configs/fashionmnist_vp_ddpmpp_latent_text.py \\

@@ -34,6 +34,7 @@ from score_toolkit import checkpoints
 from score_toolkit import data_lib
 from score_toolkit import features
 from score_toolkit import image_data
+from score_toolkit import latent_data
 from score_toolkit import runtime
 from score_toolkit.run_config import config_differences, describe_differences
 from score_toolkit.training import MetricsLog, StopRequest, TrainingStopped, _stop_if_not_finite
@@ -185,20 +186,14 @@ def train(config, workdir: str, max_steps: Optional[int] = None) -> AutoencoderS
     return state
 
 
-@torch.no_grad()
 def encode_latents(ae, images: Tensor, batch_size: int, generator=None) -> Tensor:
-    """The latents of model-space images [N, C, H, W]: posterior draws (kl; the mean without a generator)
-    or the quantized codes (vq), [N, *latent_shape], on the CPU."""
-    device = next(ae.parameters()).device
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(device)
-        if isinstance(ae, models.vq.VQAutoencoder):
-            out.append(ae.quantize(ae.encode(x))[0].cpu())
-        else:
-            q = ae.encode(x)
-            out.append((q.mode() if generator is None else q.sample(generator)).cpu())
-    return torch.cat(out)
+    """The latents of model-space images [N, C, H, W]: posterior draws (kl; the mean without a generator),
+    drawn batch by batch, or the quantized codes (vq), [N, *latent_shape], on the CPU."""
+    mean, std = latent_data.posterior_moments(ae, images, next(ae.parameters()).device, batch_size)
+    if std is None or generator is None:
+        return mean
+    return torch.cat([m + s * torch.randn(m.shape, generator=generator, dtype=m.dtype)
+                      for m, s in zip(mean.split(batch_size), std.split(batch_size))])
 
 
 @torch.no_grad()

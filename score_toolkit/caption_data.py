@@ -125,13 +125,12 @@ def sample_cond(config, net: nn.Module, n: int) -> Dict[str, Tensor]:
     any other model."""
     if not is_text(config):
         return {}
-    base = getattr(net, "module", net)
     if not config.sampling.prompt:
-        ids, mask = base.null_tokens(n)
+        ids, mask = net.null_tokens(n)
         return {"tokens": ids.cpu(), "tokens_mask": mask.cpu()}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ids, mask = tokenize(config, base, [config.sampling.prompt])
+        ids, mask = tokenize(config, net, [config.sampling.prompt])
     for w in caught:
         logging.warning("config.sampling.prompt = %r: %s", config.sampling.prompt, w.message)
     return {"tokens": ids.expand(n, -1).clone(), "tokens_mask": mask.expand(n, -1).clone()}

@@ -233,6 +233,7 @@ def draw_samples(config, sde, model, data, folder: str, n: int) -> torch.Tensor:
               else factories.build_sampler(config, sde, device, grid, gamma=gamma))
     os.makedirs(folder, exist_ok=True)
     bs = config.sampling.batch_size
+    text = caption_data.sample_cond(config, model, bs)  # the prompt tokenized (and any warning given) once
 
     def batch(b: int) -> np.ndarray:
         path, size = os.path.join(folder, f"batch_{b}.npz"), min(bs, n - b * bs)
@@ -243,7 +244,7 @@ def draw_samples(config, sde, model, data, folder: str, n: int) -> torch.Tensor:
                 x, _ = sample(score_fn, data.sample_shape(size), seed=config.seed + 100_003 * (b + 1),
                               start=b * bs, cond={**labels(size, start=b * bs),
                                                   **super_resolution.sample_cond(config, data, size, b * bs),
-                                                  **caption_data.sample_cond(config, model, size)})
+                                                  **{k: v[:size] for k, v in text.items()}})
             kept = data.to_data_space(x).numpy()
             checkpoints.atomic_write_bytes(path, lambda f: np.savez(f, samples=kept, settings=np.array(settings)),
                                            what=f"sample batch {b}")

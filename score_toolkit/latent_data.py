@@ -66,10 +66,10 @@ def data_key(config, split: str) -> str:
 
 
 @torch.no_grad()
-def posterior_moments(ae, images: Tensor, device) -> Tuple[Tensor, Optional[Tensor]]:
+def posterior_moments(ae, images: Tensor, device, batch_size: int = CACHE_BATCH) -> Tuple[Tensor, Optional[Tensor]]:
     """(mean, std) of q(z | x) of model-space images [N, C, H, W] (kl), or (codes, None) (vq), on the CPU."""
     means, stds = [], []
-    for x in images.split(CACHE_BATCH):
+    for x in images.split(batch_size):
         x = x.to(device)
         if isinstance(ae, models.vq.VQAutoencoder):
             means.append(ae.quantize(ae.encode(x))[0].cpu())

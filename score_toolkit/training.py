@@ -24,6 +24,7 @@ from score_toolkit import caption_data
 from score_toolkit import checkpoints
 from score_toolkit import data_lib
 from score_toolkit import distributed
+from score_toolkit import evaluation
 from score_toolkit import latent_data
 from score_toolkit import memory
 from score_toolkit import factories
@@ -51,7 +52,7 @@ class TrainState:
         where it has one."""
         self.loss_fn = loss_fn
         torch.manual_seed(config.seed)  # seeds CUDA's generators too
-        self.device = state_device(config)
+        self.device = evaluation.local_device(config)
         # Built on the CPU, then moved: the same seed gives the same initial weights on every device.
         self.model = (net if net is not None else factories.build_model(config)).to(self.device)
         self.ema = models.ExponentialMovingAverage(self.model.parameters(), decay=config.model.ema_rate)
@@ -293,11 +294,6 @@ def _agreed_stop(stop: StopRequest) -> Optional[int]:
     return distributed.all_reduce_max(stop.signum or 0) or None if distributed.active() else stop.signum
 
 
-def state_device(config) -> torch.device:
-    """The device this process trains on (this rank's under torchrun)."""
-    return distributed.local_device(runtime.get_device(config))
-
-
 def training_model(config, sde, state: TrainState) -> "models.Precond":
     """The preconditioned network that training steps call: state.model, its forward compiled by
     torch.compile when config.compile (the same parameters; snapshots sample with the uncompiled one).
@@ -352,7 +348,7 @@ def train(config, workdir: str, max_steps: Optional[int] = None, net: Optional[t
         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     sde = factories.build_sde(config)
-    data = super_resolution.wrap(config, latent_data.wrap(config, data_lib.load(config), state_device(config)), sde)
+    data = super_resolution.wrap(config, latent_data.wrap(config, data_lib.load(config), evaluation.local_device(config)), sde)
     if main:
         latent_data.pin_autoencoder(workdir, data)
     loss_fn = factories.build_loss(config, sde) if loss_fn is None else loss_fn
